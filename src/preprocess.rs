@@ -1,0 +1,156 @@
+//! Preprocessing: any image the `image` crate reads → RGB8 at the network's input size.
+//!
+//! One function serves the runtime and the training crate, so the pixels a model is trained on
+//! and the pixels it is judged on go through exactly the same decode, colour conversion and
+//! resize (a resize that differs between training and deployment is a known accuracy loss).
+//! The resize is fast_image_resize's bilinear convolution; the aspect ratio is not kept
+//! (SPEC: training images are resized to 256x256).
+
+use std::path::{Path, PathBuf};
+
+use fast_image_resize::images::{Image, ImageRef};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{DynamicImage, RgbImage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path} is not an image this runtime can decode (JPEG, PNG, BMP, TIFF): {reason}")]
+    Decode { path: PathBuf, reason: String },
+    #[error("{path} has zero size ({width}x{height})")]
+    Empty {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+    },
+    #[error("resizing failed: {0}")]
+    Resize(String),
+}
+
+/// Reads and decodes an image file, whatever its extension says.
+pub fn decode_file(path: &Path) -> Result<DynamicImage, PreprocessError> {
+    let bytes = std::fs::read(path).map_err(|e| PreprocessError::Read {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    decode_bytes(&bytes, path)
+}
+
+/// Decodes an encoded image held in memory; `path` only names it in errors.
+pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<DynamicImage, PreprocessError> {
+    let decode_err = |reason: String| PreprocessError::Decode {
+        path: path.to_owned(),
+        reason,
+    };
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| decode_err(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(decode_err("unknown file format".into()));
+    }
+    let image = reader.decode().map_err(|e| decode_err(e.to_string()))?;
+    if image.width() == 0 || image.height() == 0 {
+        return Err(PreprocessError::Empty {
+            path: path.to_owned(),
+            width: image.width(),
+            height: image.height(),
+        });
+    }
+    Ok(image)
+}
+
+/// Converts any decoded image to RGB8: gray is expanded, alpha dropped, 16-bit scaled to 8-bit.
+pub fn to_rgb8(image: DynamicImage) -> RgbImage {
+    match image {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    }
+}
+
+/// Resizes RGB8 images to a square size, reusing its resizer state between calls.
+pub struct Preprocessor {
+    size: u32,
+    resizer: Resizer,
+    options: ResizeOptions,
+}
+
+impl Preprocessor {
+    pub fn new(size: usize) -> Self {
+        Self {
+            size: size as u32,
+            resizer: Resizer::new(),
+            options: ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear)),
+        }
+    }
+
+    /// Output side length.
+    pub fn size(&self) -> usize {
+        self.size as usize
+    }
+
+    /// Resizes packed RGB8 pixels (`width`x`height`) into `out` (`size`²·3 bytes, HWC).
+    pub fn resize_rgb(&mut self, rgb: &[u8], width: u32, height: u32, out: &mut [u8]) -> Result<(), PreprocessError> {
+        let err = |e: &dyn std::fmt::Display| PreprocessError::Resize(e.to_string());
+        let src = ImageRef::new(width, height, rgb, PixelType::U8x3).map_err(|e| err(&e))?;
+        let mut dst = Image::from_slice_u8(self.size, self.size, out, PixelType::U8x3).map_err(|e| err(&e))?;
+        if width == self.size && height == self.size {
+            out_copy(rgb, &mut dst);
+            return Ok(());
+        }
+        self.resizer
+            .resize(&src, &mut dst, &self.options)
+            .map_err(|e| err(&e))
+    }
+
+    /// Decoded image → network input (`size`²·3 bytes, RGB, HWC) in `out`.
+    pub fn prepare(&mut self, image: DynamicImage, out: &mut [u8]) -> Result<(), PreprocessError> {
+        let rgb = to_rgb8(image);
+        let (w, h) = rgb.dimensions();
+        self.resize_rgb(rgb.as_raw(), w, h, out)
+    }
+
+    /// Convenience: a new buffer holding the network input for `image`.
+    pub fn prepare_vec(&mut self, image: DynamicImage) -> Result<Vec<u8>, PreprocessError> {
+        let mut out = vec![0; self.size() * self.size() * 3];
+        self.prepare(image, &mut out)?;
+        Ok(out)
+    }
+}
+
+fn out_copy(rgb: &[u8], dst: &mut Image<'_>) {
+    let buf = dst.buffer_mut();
+    let n = buf.len().min(rgb.len());
+    buf[..n].copy_from_slice(&rgb[..n]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gray16_and_rgba_become_rgb8() {
+        let gray = image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(4, 3, image::Luma([65535u16]));
+        let rgb = to_rgb8(DynamicImage::ImageLuma16(gray));
+        assert_eq!(rgb.dimensions(), (4, 3));
+        assert!(rgb.as_raw().iter().all(|&v| v == 255));
+        let rgba = image::RgbaImage::from_pixel(2, 2, image::Rgba([10, 20, 30, 0]));
+        let rgb = to_rgb8(DynamicImage::ImageRgba8(rgba));
+        assert_eq!(rgb.get_pixel(1, 1).0, [10, 20, 30]);
+    }
+
+    #[test]
+    fn constant_image_stays_constant_after_resize() {
+        let mut p = Preprocessor::new(8);
+        let img = DynamicImage::ImageRgb8(RgbImage::from_pixel(37, 19, image::Rgb([7, 99, 200])));
+        let out = p.prepare_vec(img).expect("resize");
+        assert_eq!(out.len(), 8 * 8 * 3);
+        assert!(out.chunks(3).all(|px| px == [7, 99, 200]));
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error_naming_the_file() {
+        let err = decode_bytes(b"not an image at all", Path::new("x.jpg")).unwrap_err();
+        assert!(err.to_string().contains("x.jpg"), "{err}");
+    }
+}

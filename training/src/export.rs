@@ -1,0 +1,72 @@
+//! Writes a model bundle (`onnx/<name>/model.onnx` + `model.json`, DESIGN.md) from a model.
+//!
+//! The ONNX file is written by a small protobuf writer ([`proto`]) over a hand-built graph
+//! ([`graph`]) rather than by tracing: the deployment graph contains work that is not part of
+//! any Burn forward (uint8 NHWC input, the μ/σ fold, the map heads), its node and tensor names
+//! are part of the contract, and the op set must stay within what TensorRT parses.
+
+pub mod graph;
+pub mod proto;
+
+use std::path::{Path, PathBuf};
+
+use efficientad::bundle::{BUNDLE_FORMAT_VERSION, ModelInfo};
+
+use crate::checkpoint::CheckpointInfo;
+use crate::model::autoencoder::OUTPUT_SIZE;
+use crate::model::{EfficientAd, IMAGE_SIZE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("cannot write the model bundle into {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+    #[error("the model has padding on; deployment graphs are exported with padding off")]
+    PaddingOn,
+}
+
+/// Exports `model` into the bundle folder `out` and returns the model.json written.
+pub fn export_bundle(
+    model: &EfficientAd,
+    info: &CheckpointInfo,
+    out: &Path,
+) -> Result<ModelInfo, ExportError> {
+    if model.teacher.padding || model.student.padding {
+        return Err(ExportError::PaddingOn);
+    }
+    let write_err = |path: &Path, e: &dyn std::fmt::Display| ExportError::Write {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(out).map_err(|e| write_err(out, &e))?;
+    let metadata = [
+        ("efficientad.variant", info.variant.letter().to_string()),
+        ("efficientad.producer", format!("efficientad-train {}", env!("CARGO_PKG_VERSION"))),
+    ];
+    let bytes = graph::build(model, &metadata);
+    let onnx_path = out.join(efficientad::bundle::MODEL_FILE);
+    std::fs::write(&onnx_path, &bytes).map_err(|e| write_err(&onnx_path, &e))?;
+
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let model_info = ModelInfo {
+        format_version: BUNDLE_FORMAT_VERSION,
+        name,
+        variant: info.variant.letter().to_string(),
+        input_size: IMAGE_SIZE,
+        map_size: OUTPUT_SIZE,
+        padding: false,
+        teacher_channels: model.teacher.out_channels(),
+        width_divisor: info.width_divisor,
+        model_sha256: efficientad::bundle::sha256_hex(&bytes),
+        opset: graph::OPSET as u32,
+        teacher: serde_json::to_value(&info.teacher).unwrap_or_default(),
+        training: info.training.clone(),
+        exporter: format!("efficientad-train {}", env!("CARGO_PKG_VERSION")),
+    };
+    let json_path = out.join(efficientad::bundle::INFO_FILE);
+    let json = serde_json::to_string_pretty(&model_info).map_err(|e| write_err(&json_path, &e))?;
+    std::fs::write(&json_path, json + "\n").map_err(|e| write_err(&json_path, &e))?;
+    Ok(model_info)
+}

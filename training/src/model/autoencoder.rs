@@ -1,0 +1,98 @@
+//! The EfficientAD autoencoder: a convolutional bottleneck to 1x1x64 and a decoder of bilinear
+//! resizes and convolutions, with no skip connections, so it can only reproduce the global
+//! appearance of a normal image (logical anomalies show up as its disagreement with the student).
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::interpolate::{Interpolate2dConfig, InterpolateMode};
+use burn::nn::{Dropout, DropoutConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+/// Decoder resize targets for a 256x256 input (SPEC: 3, 8, 15, 32, 63, 127).
+pub const DECODER_SIZES: [usize; 6] = [3, 8, 15, 32, 63, 127];
+/// Final resize target with padding off (the map size).
+pub const OUTPUT_SIZE: usize = 56;
+/// Dropout probability after each decoder stage.
+pub const DROPOUT: f64 = 0.2;
+
+#[derive(Config, Debug)]
+pub struct AutoencoderConfig {
+    /// Output channels: the teacher's (384).
+    pub out_channels: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct Autoencoder {
+    /// Five 4x4 stride-2 convolutions and the 8x8 bottleneck convolution.
+    pub encoder: Vec<Conv2d>,
+    /// Six 4x4 stage convolutions, then the two 3x3 output convolutions.
+    pub decoder: Vec<Conv2d>,
+    pub dropout: Dropout,
+}
+
+impl AutoencoderConfig {
+    pub fn init(&self, device: &Device) -> Autoencoder {
+        let enc = |ci: usize, co: usize, k: usize, s: usize, p: usize| {
+            let padding = if p == 0 {
+                PaddingConfig2d::Valid
+            } else {
+                PaddingConfig2d::Explicit(p, p, p, p)
+            };
+            Conv2dConfig::new([ci, co], [k, k])
+                .with_stride([s, s])
+                .with_padding(padding)
+                .init(device)
+        };
+        let encoder = vec![
+            enc(3, 32, 4, 2, 1),
+            enc(32, 32, 4, 2, 1),
+            enc(32, 64, 4, 2, 1),
+            enc(64, 64, 4, 2, 1),
+            enc(64, 64, 4, 2, 1),
+            enc(64, 64, 8, 1, 0),
+        ];
+        let mut decoder: Vec<Conv2d> = (0..6).map(|_| enc(64, 64, 4, 1, 2)).collect();
+        decoder.push(enc(64, 64, 3, 1, 1));
+        decoder.push(enc(64, self.out_channels, 3, 1, 1));
+        Autoencoder {
+            encoder,
+            decoder,
+            dropout: DropoutConfig::new(DROPOUT).init(),
+        }
+    }
+}
+
+/// Bilinear resize with half-pixel centres (align_corners = false), as PyTorch and ONNX's
+/// `half_pixel` do.
+pub fn resize(x: Tensor<4>, size: usize) -> Tensor<4> {
+    Interpolate2dConfig::new()
+        .with_output_size(Some([size, size]))
+        .with_mode(InterpolateMode::Linear)
+        .with_align_corners(false)
+        .init()
+        .forward(x)
+}
+
+impl Autoencoder {
+    /// # Shapes
+    /// - input: `[N, 3, 256, 256]`, ImageNet-normalized.
+    /// - output: `[N, C, 56, 56]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let last = self.encoder.len() - 1;
+        let mut x = x;
+        for (i, conv) in self.encoder.iter().enumerate() {
+            x = conv.forward(x);
+            if i < last {
+                x = relu(x);
+            }
+        }
+        for (conv, size) in self.decoder.iter().zip(DECODER_SIZES) {
+            x = self.dropout.forward(relu(conv.forward(resize(x, size))));
+        }
+        let x = resize(x, OUTPUT_SIZE);
+        let x = relu(self.decoder[6].forward(x));
+        self.decoder[7].forward(x)
+    }
+}
