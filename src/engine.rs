@@ -153,9 +153,9 @@ impl Engine {
                     engine.check_contract(bundle)?;
                     return Ok(engine);
                 }
-                Err(e @ EngineError::Provider { .. }) if options.provider == Provider::Auto => {
-                    eprintln!("efficientad: {provider} unavailable, trying the next provider ({e})");
-                    last_error = Some(e);
+                Err(EngineError::Provider { reason, .. }) if options.provider == Provider::Auto => {
+                    eprintln!("efficientad: {provider} unavailable ({}), trying the next provider", reason.trim_end_matches('.'));
+                    last_error = Some(EngineError::Provider { provider, reason });
                 }
                 Err(e) => return Err(e),
             }
@@ -286,4 +286,28 @@ impl Engine {
         out.size = map;
         Ok(())
     }
+}
+
+/// Whether `provider` can run a graph with this library: opens a one-node probe graph on it.
+/// Returns the reason when it cannot.
+pub fn probe_provider(provider: Provider) -> Result<(), String> {
+    use crate::onnx_proto::{self as proto, DataType, Dim};
+    let lib = ortlib::load().map_err(|e| e.to_string())?;
+    let node = proto::node("Relu", "probe/relu", &["x"], &["y"], &[]);
+    let x = proto::value_info("x", DataType::Float, &[Dim::Fixed(1), Dim::Fixed(4)]);
+    let y = proto::value_info("y", DataType::Float, &[Dim::Fixed(1), Dim::Fixed(4)]);
+    let graph = proto::graph("probe", &[node], &[], &[x], &[y]);
+    let bytes = proto::model(8, 17, "efficientad", env!("CARGO_PKG_VERSION"), &graph, &[]);
+    let options = EngineOptions {
+        provider,
+        ..EngineOptions::default()
+    };
+    if provider == Provider::Tensorrt {
+        std::fs::create_dir_all(&options.trt_cache).map_err(|e| e.to_string())?;
+    }
+    let builder = Session::builder(&lib.environment).map_err(|e| e.to_string())?;
+    let mut builder = builder
+        .with_execution_providers(dispatch(provider, &options))
+        .map_err(|e| e.to_string())?;
+    builder.commit_from_memory(&bytes).map(|_| ()).map_err(|e| e.to_string())
 }

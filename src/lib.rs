@@ -3,7 +3,13 @@
 //!
 //! Data flows one way: source → [`preprocess`] → [`engine`] → anomaly maps → verdict → report.
 
+pub mod anomaly;
+pub mod batch;
 pub mod bundle;
+pub mod calibration;
 pub mod engine;
+pub mod inspect;
+pub mod onnx_proto;
 pub mod ortlib;
 pub mod preprocess;
+pub mod report;

@@ -18,6 +18,10 @@ pub enum PreprocessError {
     Read { path: PathBuf, reason: String },
     #[error("{path} is not an image this runtime can decode (JPEG, PNG, BMP, TIFF): {reason}")]
     Decode { path: PathBuf, reason: String },
+    #[error("{path} is an empty file (0 bytes)")]
+    EmptyFile { path: PathBuf },
+    #[error("{path} is a truncated JPEG (no end-of-image marker): the file was cut short while being written or copied")]
+    TruncatedJpeg { path: PathBuf },
     #[error("{path} has zero size ({width}x{height})")]
     Empty {
         path: PathBuf,
@@ -38,7 +42,20 @@ pub fn decode_file(path: &Path) -> Result<DynamicImage, PreprocessError> {
 }
 
 /// Decodes an encoded image held in memory; `path` only names it in errors.
+///
+/// The JPEG decoder conceals a missing tail by filling in grey; a part judged on half an image
+/// is not judged at all, so a JPEG without its end-of-image marker is refused here.
 pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<DynamicImage, PreprocessError> {
+    if bytes.is_empty() {
+        return Err(PreprocessError::EmptyFile {
+            path: path.to_owned(),
+        });
+    }
+    if bytes.starts_with(&[0xFF, 0xD8]) && !has_jpeg_end(bytes) {
+        return Err(PreprocessError::TruncatedJpeg {
+            path: path.to_owned(),
+        });
+    }
     let decode_err = |reason: String| PreprocessError::Decode {
         path: path.to_owned(),
         reason,
@@ -58,6 +75,13 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<DynamicImage, Preproces
         });
     }
     Ok(image)
+}
+
+/// Whether the JPEG end-of-image marker (FF D9) is among the last bytes; some writers append
+/// a little padding after it.
+fn has_jpeg_end(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(64)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// Converts any decoded image to RGB8: gray is expanded, alpha dropped, 16-bit scaled to 8-bit.
@@ -146,6 +170,20 @@ mod tests {
         let out = p.prepare_vec(img).expect("resize");
         assert_eq!(out.len(), 8 * 8 * 3);
         assert!(out.chunks(3).all(|px| px == [7, 99, 200]));
+    }
+
+    #[test]
+    fn truncated_jpeg_and_empty_file_are_refused() {
+        let mut jpeg = Vec::new();
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(64, 64, image::Rgb([1, 2, 3])))
+            .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .expect("encode");
+        assert!(decode_bytes(&jpeg, Path::new("ok.jpg")).is_ok());
+        let cut = &jpeg[..jpeg.len() / 2];
+        let err = decode_bytes(cut, Path::new("cut.jpg")).unwrap_err();
+        assert!(matches!(err, PreprocessError::TruncatedJpeg { .. }), "{err}");
+        let err = decode_bytes(&[], Path::new("empty.png")).unwrap_err();
+        assert!(err.to_string().contains("empty file"), "{err}");
     }
 
     #[test]

@@ -1,12 +1,11 @@
 //! Writes a model bundle (`onnx/<name>/model.onnx` + `model.json`, DESIGN.md) from a model.
 //!
-//! The ONNX file is written by a small protobuf writer ([`proto`]) over a hand-built graph
+//! The ONNX file is written by the runtime's small protobuf writer (`efficientad::onnx_proto`) over a hand-built graph
 //! ([`graph`]) rather than by tracing: the deployment graph contains work that is not part of
 //! any Burn forward (uint8 NHWC input, the μ/σ fold, the map heads), its node and tensor names
 //! are part of the contract, and the op set must stay within what TensorRT parses.
 
 pub mod graph;
-pub mod proto;
 
 use std::path::{Path, PathBuf};
 

@@ -11,7 +11,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::Tensor;
 
-use super::proto::{self, Attr, DataType, Dim, Message};
+use efficientad::onnx_proto::{self as proto, Attr, DataType, Dim, Message};
 use crate::model::autoencoder::{DECODER_SIZES, OUTPUT_SIZE};
 use crate::model::{EfficientAd, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, Pdn};
 

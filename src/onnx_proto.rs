@@ -1,4 +1,5 @@
-//! A minimal writer of the ONNX protobuf messages this project emits.
+//! A minimal writer of the ONNX protobuf messages this project emits (the training crate's
+//! deployment graph, and the probe graph `efficientad doctor` opens on each provider).
 //!
 //! Protobuf's wire format is small (varints, fixed 32-bit floats, length-delimited bytes), and
 //! the deployment graph needs only a handful of ONNX messages, so they are encoded here directly

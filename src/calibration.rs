@@ -1,0 +1,303 @@
+//! The calibration file (DESIGN.md): map normalization quantiles and the decision threshold,
+//! computed by the runtime itself over normal validation images, on the provider and precision
+//! that will run on the line.
+//!
+//! Threshold rules (a part is NG when its score is above the threshold):
+//! - `false_reject_rate` (default): the (1 − R)-quantile of the normal validation scores, so
+//!   about a share R of good parts like those would be rejected;
+//! - `best_f1` (when anomalous images are given): the cut between two consecutive distinct
+//!   scores that maximizes F1 with anomalous = positive. Never chosen without anomalous images:
+//!   F1 over normal images alone collapses to the minimum score.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::anomaly::{MapNormalization, map_quantiles, quantile_sorted, score};
+use crate::bundle::Bundle;
+
+/// Version of the calibration format this runtime writes and reads.
+pub const CALIBRATION_FORMAT_VERSION: u32 = 1;
+/// Default target share of good parts rejected.
+pub const DEFAULT_FALSE_REJECT_RATE: f64 = 0.01;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrationError {
+    #[error("cannot read calibration {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("{path} is not a valid calibration file: {reason}")]
+    Bad { path: PathBuf, reason: String },
+    #[error("{path} has format_version {found}; this runtime reads version {CALIBRATION_FORMAT_VERSION}: run `efficientad calibrate` again")]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path} was made for another model (sha256 {found}), not {model} (sha256 {expected}); run `efficientad calibrate --model {model}` to make one for it")]
+    OtherModel {
+        path: PathBuf,
+        model: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("no validation image could be run ({failed} failed); calibration needs normal images that decode")]
+    NoImages { failed: usize },
+    #[error("the validation maps are constant ({which}: q_a = q_b = {value}); the model or the images are degenerate and cannot be normalized")]
+    Degenerate { which: &'static str, value: f64 },
+    #[error("cannot write calibration {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+/// Summary of a score distribution.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScoreSummary {
+    pub count: usize,
+    pub min: f64,
+    pub median: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl ScoreSummary {
+    pub fn of(scores: &[f32]) -> Option<Self> {
+        let mut s = scores.to_vec();
+        s.sort_unstable_by(|a, b| a.total_cmp(b));
+        Some(Self {
+            count: s.len(),
+            min: f64::from(*s.first()?),
+            median: quantile_sorted(&s, 0.5),
+            p99: quantile_sorted(&s, 0.99),
+            max: f64::from(*s.last()?),
+        })
+    }
+}
+
+/// How the threshold was chosen.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum ThresholdRule {
+    FalseRejectRate {
+        target: f64,
+        /// Share of the validation images above the threshold.
+        achieved: f64,
+    },
+    BestF1 {
+        f1: f64,
+        precision: f64,
+        recall: f64,
+    },
+}
+
+/// The images a calibration was computed on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ValidationSet {
+    pub folder: String,
+    pub images: usize,
+    /// Files that could not be decoded or run (left out).
+    pub failed: usize,
+    pub anomalous_folder: Option<String>,
+    pub anomalous_images: usize,
+}
+
+/// calibration/<name>.json.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub format_version: u32,
+    pub model_name: String,
+    pub model_sha256: String,
+    pub provider: String,
+    pub precision: String,
+    pub validation: ValidationSet,
+    pub normalization: MapNormalization,
+    pub threshold: f64,
+    pub threshold_rule: ThresholdRule,
+    /// Scores of the normal validation images.
+    pub scores: ScoreSummary,
+    pub anomalous_scores: Option<ScoreSummary>,
+    pub created_by: String,
+}
+
+/// Raw maps of one image (`[size²]` each).
+pub struct MapPair {
+    pub st: Vec<f32>,
+    pub ae: Vec<f32>,
+}
+
+/// The numeric part of a calibration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Computed {
+    pub normalization: MapNormalization,
+    pub threshold: f64,
+    pub rule: ThresholdRule,
+    pub normal_scores: Vec<f32>,
+    pub anomalous_scores: Vec<f32>,
+}
+
+/// Computes quantiles over all pixels of the normal maps, the scores, and the threshold.
+pub fn compute(
+    normal: &[MapPair],
+    anomalous: &[MapPair],
+    false_reject_rate: f64,
+) -> Result<Computed, CalibrationError> {
+    let mut st: Vec<f32> = normal.iter().flat_map(|m| m.st.iter().copied()).collect();
+    let mut ae: Vec<f32> = normal.iter().flat_map(|m| m.ae.iter().copied()).collect();
+    let normalization = MapNormalization {
+        st: map_quantiles(&mut st),
+        ae: map_quantiles(&mut ae),
+    };
+    for (which, q) in [("map_st", normalization.st), ("map_ae", normalization.ae)] {
+        if !(q.q_b > q.q_a) {
+            return Err(CalibrationError::Degenerate { which, value: q.q_a });
+        }
+    }
+    let scores_of = |maps: &[MapPair]| -> Vec<f32> {
+        let mut buf = Vec::new();
+        maps.iter()
+            .map(|m| {
+                normalization.combine_into(&m.st, &m.ae, &mut buf);
+                score(&buf)
+            })
+            .collect()
+    };
+    let normal_scores = scores_of(normal);
+    let anomalous_scores = scores_of(anomalous);
+    let (threshold, rule) = if anomalous_scores.is_empty() {
+        frr_threshold(&normal_scores, false_reject_rate)
+    } else {
+        best_f1_threshold(&normal_scores, &anomalous_scores)
+    };
+    Ok(Computed {
+        normalization,
+        threshold,
+        rule,
+        normal_scores,
+        anomalous_scores,
+    })
+}
+
+fn frr_threshold(normal: &[f32], rate: f64) -> (f64, ThresholdRule) {
+    let mut s = normal.to_vec();
+    s.sort_unstable_by(|a, b| a.total_cmp(b));
+    let threshold = quantile_sorted(&s, 1.0 - rate);
+    let above = s.iter().filter(|&&v| f64::from(v) > threshold).count();
+    (
+        threshold,
+        ThresholdRule::FalseRejectRate {
+            target: rate,
+            achieved: above as f64 / s.len().max(1) as f64,
+        },
+    )
+}
+
+fn best_f1_threshold(normal: &[f32], anomalous: &[f32]) -> (f64, ThresholdRule) {
+    // All scores, descending; label true = anomalous.
+    let mut all: Vec<(f32, bool)> = normal
+        .iter()
+        .map(|&s| (s, false))
+        .chain(anomalous.iter().map(|&s| (s, true)))
+        .collect();
+    all.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+    let positives = anomalous.len() as f64;
+    let (mut tp, mut fp) = (0f64, 0f64);
+    let mut best = (f64::NEG_INFINITY, f64::INFINITY, 0.0, 0.0);
+    let mut i = 0;
+    while i < all.len() {
+        // Take every sample tied at this score together: a cut cannot separate them.
+        let s = all[i].0;
+        while i < all.len() && all[i].0 == s {
+            if all[i].1 { tp += 1.0 } else { fp += 1.0 }
+            i += 1;
+        }
+        let precision = tp / (tp + fp);
+        let recall = tp / positives;
+        let f1 = if tp > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+        // Cut halfway to the next lower score (or just below the lowest).
+        let next = all.get(i).map(|n| f64::from(n.0));
+        let cut = match next {
+            Some(n) => 0.5 * (f64::from(s) + n),
+            None => f64::from(s) - f64::EPSILON.max(f64::from(s).abs() * 1e-6),
+        };
+        if f1 > best.0 {
+            best = (f1, cut, precision, recall);
+        }
+    }
+    (
+        best.1,
+        ThresholdRule::BestF1 {
+            f1: best.0,
+            precision: best.2,
+            recall: best.3,
+        },
+    )
+}
+
+impl Calibration {
+    pub fn load(path: &Path) -> Result<Self, CalibrationError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CalibrationError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| CalibrationError::Bad {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let version = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        if version != CALIBRATION_FORMAT_VERSION {
+            return Err(CalibrationError::Version {
+                path: path.to_owned(),
+                found: version,
+            });
+        }
+        serde_json::from_value(value).map_err(|e| CalibrationError::Bad {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Loads a calibration and checks that it belongs to `bundle`.
+    pub fn load_for(path: &Path, bundle: &Bundle) -> Result<Self, CalibrationError> {
+        let calibration = Self::load(path)?;
+        if calibration.model_sha256 != bundle.info.model_sha256 {
+            return Err(CalibrationError::OtherModel {
+                path: path.to_owned(),
+                model: bundle.dir.clone(),
+                found: calibration.model_sha256,
+                expected: bundle.info.model_sha256.clone(),
+            });
+        }
+        Ok(calibration)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), CalibrationError> {
+        let err = |e: &dyn std::fmt::Display| CalibrationError::Write {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        }
+        let text = serde_json::to_string_pretty(self).map_err(|e| err(&e))?;
+        std::fs::write(path, text + "\n").map_err(|e| err(&e))
+    }
+
+    /// Verdict for a score: NG above the threshold (NaN scores are never OK).
+    pub fn is_anomalous(&self, score: f32) -> bool {
+        !(f64::from(score) <= self.threshold)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_f1_separates_perfectly_separable_scores() {
+        let (t, rule) = best_f1_threshold(&[0.1, 0.2, 0.3], &[0.5, 0.6]);
+        assert!((t - 0.4).abs() < 1e-6, "{t}");
+        assert_eq!(rule, ThresholdRule::BestF1 { f1: 1.0, precision: 1.0, recall: 1.0 });
+    }
+
+    #[test]
+    fn frr_threshold_is_the_upper_quantile() {
+        let normal: Vec<f32> = (0..101).map(|v| v as f32).collect();
+        let (t, rule) = frr_threshold(&normal, 0.01);
+        assert!((t - 99.0).abs() < 1e-9);
+        assert_eq!(rule, ThresholdRule::FalseRejectRate { target: 0.01, achieved: 1.0 / 101.0 });
+    }
+}

@@ -1,0 +1,89 @@
+//! Command-line surface of `efficientad`. Each subcommand lives in its own file; this one holds
+//! the argument definitions shared between them and the exit-code mapping.
+
+mod bench;
+mod calibrate;
+mod doctor;
+mod infer;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use efficientad::engine::{EngineOptions, Provider};
+
+const AFTER_HELP: &str = "Exit status: 0 success; 1 the run finished but some images or triggers got ERROR; \
+2 setup error (bad arguments, model, calibration, ONNX Runtime).\n\
+ONNX Runtime is found via ORT_DYLIB_PATH, the python3 onnxruntime package, or the user cache \
+(installed there with pip on first use unless EFFICIENTAD_NO_ORT_INSTALL=1).";
+
+#[derive(Parser)]
+#[command(name = "efficientad", version, about = "EfficientAD anomaly inspection runtime (ONNX Runtime: TensorRT, CUDA or CPU)", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Judge image files or folders: one JSON line per image on stdout, heatmaps on request.
+    Infer(infer::InferArgs),
+    /// Compute map normalization and the decision threshold from normal validation images.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Time each stage and compare end-to-end time with the bare session run.
+    Bench(bench::BenchArgs),
+    /// Show the ONNX Runtime library, usable execution providers and what blocks the others.
+    Doctor,
+}
+
+/// Model and engine options shared by the commands that run a model.
+#[derive(Args, Clone, Debug)]
+pub struct EngineArgs {
+    /// Model bundle folder (holds model.onnx and model.json), e.g. onnx/mtd-s.
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Execution provider; `auto` tries TensorRT, CUDA, then CPU. An explicit one that cannot
+    /// load is an error.
+    #[arg(long, value_enum, default_value_t = Provider::Auto)]
+    pub provider: Provider,
+    /// Intra-op threads of ONNX Runtime (default: one per physical core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Images per session run.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub batch: u16,
+}
+
+impl EngineArgs {
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            provider: self.provider,
+            intra_threads: self.threads.map(usize::from),
+            ..EngineOptions::default()
+        }
+    }
+}
+
+/// What a subcommand reports back for the exit status.
+pub enum Outcome {
+    Success,
+    SomeErrors,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Infer(args) => infer::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Doctor => doctor::run(),
+    };
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::SomeErrors) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("efficientad: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! `efficientad doctor`: what this machine can run, and why not the rest.
+
+use efficientad::engine::{Provider, probe_provider};
+use efficientad::ortlib;
+
+use super::Outcome;
+
+pub fn run() -> anyhow::Result<Outcome> {
+    println!("efficientad {}", env!("CARGO_PKG_VERSION"));
+    let lib = ortlib::load()?;
+    println!("onnx runtime: {} (version {}, found via {})", lib.path.display(), lib.version, lib.source);
+    println!("execution providers:");
+    for provider in [Provider::Tensorrt, Provider::Cuda, Provider::Cpu] {
+        match probe_provider(provider) {
+            Ok(()) => println!("  {provider:<9} usable"),
+            Err(reason) => println!("  {provider:<9} not usable: {}", one_line(&reason)),
+        }
+    }
+    Ok(Outcome::Success)
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}

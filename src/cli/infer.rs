@@ -1,0 +1,137 @@
+//! `efficientad infer`: judge image files and folders, one JSON line per image on stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use efficientad::batch::{Outcome as ImageOutcome, RunOptions, Timings, list_images, run_files, ms};
+use efficientad::bundle::Bundle;
+use efficientad::calibration::Calibration;
+use efficientad::engine::Engine;
+use efficientad::inspect::{HeatmapSink, Verdict, judge};
+use serde::Serialize;
+
+use super::{EngineArgs, Outcome};
+
+#[derive(Args)]
+pub struct InferArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Calibration file of this model (from `efficientad calibrate`).
+    #[arg(long, value_name = "FILE")]
+    pub calibration: PathBuf,
+    /// Write heatmap overlays of NG images into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub heatmaps: Option<PathBuf>,
+    /// With --heatmaps: write overlays for every image, not only NG ones.
+    #[arg(long, requires = "heatmaps")]
+    pub all_heatmaps: bool,
+    /// Image files or folders (folders are searched recursively for image files).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// One stdout line.
+#[derive(Serialize)]
+pub struct Line {
+    pub path: String,
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f32>,
+    pub threshold: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timings_ms: Option<Timings>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heatmap: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub fn run(args: InferArgs) -> anyhow::Result<Outcome> {
+    let bundle = Bundle::open(&args.engine.model)?;
+    let calibration = Calibration::load_for(&args.calibration, &bundle)?;
+    let files = list_images(&args.paths)?;
+    let mut heatmaps = match &args.heatmaps {
+        Some(dir) => Some(
+            HeatmapSink::new(dir, args.all_heatmaps)
+                .with_context(|| format!("cannot create heatmap folder {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let mut engine = Engine::new(&bundle, &args.engine.engine_options())?;
+    let options = RunOptions {
+        batch: usize::from(args.engine.batch),
+        keep_images: heatmaps.is_some(),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut errors = 0usize;
+    let mut write_failed = None;
+    let mut combined = Vec::new();
+    run_files(&mut engine, &files, options, |outcome| {
+        let line = match outcome {
+            ImageOutcome::Maps(maps) => {
+                let judged = judge(&maps, &calibration, &mut combined, heatmaps.as_mut());
+                if let Some(e) = &judged.heatmap_error {
+                    eprintln!("efficientad: {e}");
+                }
+                let timings = Timings {
+                    maps_ms: judged.maps_ms,
+                    total_ms: ms(maps.started.elapsed()),
+                    ..maps.timings
+                };
+                Line {
+                    path: maps.path.display().to_string(),
+                    verdict: judged.verdict,
+                    score: Some(judged.score),
+                    threshold: calibration.threshold,
+                    width: Some(maps.width),
+                    height: Some(maps.height),
+                    batch_size: Some(maps.batch_size),
+                    timings_ms: Some(timings),
+                    heatmap: judged.heatmap.map(|p| p.display().to_string()),
+                    error: None,
+                }
+            }
+            ImageOutcome::Error { path, error } => {
+                errors += 1;
+                Line {
+                    path: path.display().to_string(),
+                    verdict: Verdict::Error,
+                    score: None,
+                    threshold: calibration.threshold,
+                    width: None,
+                    height: None,
+                    batch_size: None,
+                    timings_ms: None,
+                    heatmap: None,
+                    error: Some(error),
+                }
+            }
+        };
+        if write_failed.is_none() {
+            let written = serde_json::to_writer(&mut out, &line)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"))
+                .and_then(|()| out.flush());
+            if let Err(e) = written {
+                write_failed = Some(e);
+            }
+        }
+    });
+    if let Some(e) = write_failed {
+        return Err(anyhow::Error::new(e).context("writing results to stdout"));
+    }
+    if errors > 0 {
+        eprintln!("efficientad: {errors} of {} images could not be judged (ERROR lines)", files.len());
+        return Ok(Outcome::SomeErrors);
+    }
+    Ok(Outcome::Success)
+}
