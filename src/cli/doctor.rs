@@ -12,8 +12,8 @@ pub fn run() -> anyhow::Result<Outcome> {
     println!("execution providers:");
     for provider in [Provider::Tensorrt, Provider::Cuda, Provider::Cpu] {
         match probe_provider(provider) {
-            Ok(()) => println!("  {provider:<9} usable"),
-            Err(reason) => println!("  {provider:<9} not usable: {}", one_line(&reason)),
+            Ok(()) => println!("  {:<9} usable", provider.to_string()),
+            Err(reason) => println!("  {:<9} not usable: {}", provider.to_string(), one_line(&reason)),
         }
     }
     Ok(Outcome::Success)

@@ -1,0 +1,409 @@
+//! Integration tests of the runtime: they drive the built `efficientad` binary the way a user
+//! or a PLC bridge would, on random-weight bundles exported by the training crate and real
+//! images from ../shared/data/mtd, and compare with independent reference computations.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+
+use efficientad::bundle::Bundle;
+use efficientad::engine::{Engine, EngineOptions, Provider};
+use efficientad::preprocess::{Preprocessor, decode_file};
+use serde_json::Value;
+use util::*;
+
+/// Raw maps of each image, one session run per image (batch 1), through the library.
+fn reference_raw_maps(bundle_dir: &Path, files: &[PathBuf]) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let bundle = Bundle::open(bundle_dir).expect("bundle");
+    let options = EngineOptions {
+        provider: Provider::Cpu,
+        intra_threads: Some(2),
+        ..EngineOptions::default()
+    };
+    let mut engine = Engine::new(&bundle, &options).expect("engine");
+    let mut pre = Preprocessor::new(engine.input_size());
+    files
+        .iter()
+        .map(|f| {
+            let input = pre.prepare_vec(decode_file(f).expect("decode")).expect("resize");
+            let maps = engine.run(&input, 1).expect("run");
+            (maps.st, maps.ae)
+        })
+        .collect()
+}
+
+/// numpy.quantile's default ('linear') definition, written out independently in f64.
+fn reference_quantile(values: &[f32], q: f64) -> f64 {
+    let mut v: Vec<f64> = values.iter().map(|&x| f64::from(x)).collect();
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let h = (v.len() - 1) as f64 * q;
+    let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
+    v[lo] + (h - lo as f64) * (v[hi] - v[lo])
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-12)
+}
+
+/// Copies the first `n` images of `src` into a fresh folder.
+fn image_folder(name: &str, src: &Path, n: usize) -> (PathBuf, Vec<PathBuf>) {
+    let dir = temp_dir(name);
+    let files = first_files(src, n)
+        .into_iter()
+        .map(|f| {
+            let dst = dir.join(f.file_name().expect("name"));
+            std::fs::copy(&f, &dst).expect("copy image");
+            dst
+        })
+        .collect();
+    (dir, files)
+}
+
+fn calibrate(bundle: &Path, images: &Path, out: &Path, extra: &[&str]) -> Value {
+    let output = run(efficientad()
+        .args(["calibrate", "--provider", "cpu", "--batch", "3", "--model"])
+        .arg(bundle)
+        .arg("--images")
+        .arg(images)
+        .arg("--out")
+        .arg(out)
+        .args(extra));
+    assert!(output.status.success(), "calibrate failed: {}", text(&output.stderr));
+    serde_json::from_str(&std::fs::read_to_string(out).expect("calibration written")).expect("calibration JSON")
+}
+
+#[test]
+fn calibration_quantiles_equal_an_independent_computation_issue3() {
+    let bundle = small_bundle();
+    let (dir, files) = image_folder("cal-images", &mtd().join("validation/good"), 12);
+    let cal = calibrate(bundle, &dir, &dir.join("../cal-q.json"), &[]);
+    let raw = reference_raw_maps(bundle, &files);
+    let st: Vec<f32> = raw.iter().flat_map(|m| m.0.clone()).collect();
+    let ae: Vec<f32> = raw.iter().flat_map(|m| m.1.clone()).collect();
+    let norm = &cal["normalization"];
+    // Batch 3 (calibrate) against batch 1 (reference) may differ in the last float bits only.
+    for (map, values) in [("st", &st), ("ae", &ae)] {
+        for (key, q) in [("q_a", 0.9), ("q_b", 0.995)] {
+            let got = norm[map][key].as_f64().expect("quantile");
+            let want = reference_quantile(values, q);
+            assert!(close(got, want, 1e-5), "{map}.{key}: {got} vs {want}");
+        }
+    }
+    assert_eq!(cal["validation"]["images"], 12);
+    assert_eq!(cal["threshold_rule"]["rule"], "false_reject_rate");
+    assert_eq!(cal["model_sha256"], Bundle::open(bundle).expect("bundle").info.model_sha256);
+    assert_eq!(cal["provider"], "cpu");
+    assert_eq!(cal["precision"], "fp32");
+}
+
+/// SPEC.md's combination, written out plainly: 0.5·0.1·(st−qa)/(qb−qa) + the same for ae.
+fn reference_combined(st: &[f32], ae: &[f32], cal: &Value) -> Vec<f64> {
+    let q = |m: &str, k: &str| cal["normalization"][m][k].as_f64().expect("q");
+    st.iter()
+        .zip(ae)
+        .map(|(&s, &a)| {
+            let s = 0.1 * (f64::from(s) - q("st", "q_a")) / (q("st", "q_b") - q("st", "q_a"));
+            let a = 0.1 * (f64::from(a) - q("ae", "q_a")) / (q("ae", "q_b") - q("ae", "q_a"));
+            0.5 * s + 0.5 * a
+        })
+        .collect()
+}
+
+/// Zero-pad by 4, then bilinear (half-pixel) resize, one output pixel at a time.
+fn reference_full_map(map: &[f64], size: usize, width: usize, height: usize) -> Vec<f64> {
+    let p = size + 8;
+    let at = |x: usize, y: usize| -> f64 {
+        if (4..size + 4).contains(&x) && (4..size + 4).contains(&y) { map[(y - 4) * size + x - 4] } else { 0.0 }
+    };
+    let src = |i: usize, dst: usize| -> (usize, usize, f64) {
+        let x = ((i as f64 + 0.5) * p as f64 / dst as f64 - 0.5).max(0.0);
+        let x0 = (x.floor() as usize).min(p - 1);
+        (x0, (x0 + 1).min(p - 1), x - x0 as f64)
+    };
+    let mut out = Vec::with_capacity(width * height);
+    for y in 0..height {
+        let (y0, y1, ty) = src(y, height);
+        for x in 0..width {
+            let (x0, x1, tx) = src(x, width);
+            let top = at(x0, y0) * (1.0 - tx) + at(x1, y0) * tx;
+            let bottom = at(x0, y1) * (1.0 - tx) + at(x1, y1) * tx;
+            out.push(top * (1.0 - ty) + bottom * ty);
+        }
+    }
+    out
+}
+
+#[test]
+fn infer_scores_and_heatmaps_match_a_reference_issue3() {
+    let bundle = small_bundle();
+    let (cal_dir, _) = image_folder("infer-cal", &mtd().join("validation/good"), 10);
+    let cal_path = cal_dir.join("../infer-cal.json");
+    let cal = calibrate(bundle, &cal_dir, &cal_path, &[]);
+    let mut files = first_files(&mtd().join("test/good"), 3);
+    files.extend(first_files(&mtd().join("test/crack"), 2));
+    files.extend(first_files(&mtd().join("test/blowhole"), 2));
+    let heat = temp_dir("infer-heat");
+    let output = run(efficientad()
+        .args(["infer", "--provider", "cpu", "--batch", "2", "--all-heatmaps", "--model"])
+        .arg(bundle)
+        .arg("--calibration")
+        .arg(&cal_path)
+        .arg("--heatmaps")
+        .arg(&heat)
+        .args(&files));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let lines = json_lines(&output.stdout);
+    assert_eq!(lines.len(), files.len());
+    let raw = reference_raw_maps(bundle, &files);
+    let threshold = cal["threshold"].as_f64().expect("threshold");
+    for ((line, file), (st, ae)) in lines.iter().zip(&files).zip(&raw) {
+        assert_eq!(line["path"], file.display().to_string());
+        let combined = reference_combined(st, ae, &cal);
+        let want = combined.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let got = line["score"].as_f64().expect("score");
+        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{}: score {got} vs {want}", file.display());
+        let verdict = if want > threshold { "NG" } else { "OK" };
+        assert_eq!(line["verdict"], verdict, "{}", file.display());
+        assert_eq!(line["threshold"].as_f64(), Some(threshold));
+
+        // Heatmap: original size, and the library's full-size map equals the plain reference.
+        let (w, h) = image::image_dimensions(file).expect("dims");
+        let png = PathBuf::from(line["heatmap"].as_str().expect("heatmap path"));
+        assert_eq!(image::image_dimensions(&png).expect("heatmap png"), (w, h));
+        let combined_f32: Vec<f32> = combined.iter().map(|&v| v as f32).collect();
+        let full = efficientad::anomaly::to_image_size(&combined_f32, 56, w as usize, h as usize);
+        let reference = reference_full_map(&combined, 56, w as usize, h as usize);
+        let max_err = full.iter().zip(&reference).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max);
+        assert!(max_err < 1e-5, "full-size map differs by {max_err}");
+        let t = &line["timings_ms"];
+        for key in ["decode_ms", "resize_ms", "inference_ms", "maps_ms", "total_ms"] {
+            assert!(t[key].as_f64().is_some_and(|v| v >= 0.0), "{key} missing in {line}");
+        }
+    }
+}
+
+/// A PNG whose header says 0x0 pixels (CRC-correct, so only the size is wrong).
+fn zero_sized_png() -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 8, 2, 0, 0, 0]);
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    png.extend_from_slice(&0u32.to_be_bytes());
+    png.extend_from_slice(b"IEND");
+    png.extend_from_slice(&crc32(b"IEND").to_be_bytes());
+    png
+}
+
+#[test]
+fn bad_images_get_error_lines_and_the_run_goes_on_issue3() {
+    let bundle = small_bundle();
+    let (cal_dir, _) = image_folder("bad-cal", &mtd().join("validation/good"), 6);
+    let cal_path = cal_dir.join("../bad-cal.json");
+    calibrate(bundle, &cal_dir, &cal_path, &[]);
+    let dir = temp_dir("bad-inputs");
+    let good = first_files(&mtd().join("test/good"), 2);
+    let jpeg = std::fs::read(&good[0]).expect("jpeg");
+    let cases = [
+        ("text.jpg", b"this is not an image".to_vec(), "not an image"),
+        ("truncated.jpg", jpeg[..jpeg.len() / 2].to_vec(), "truncated JPEG"),
+        ("empty.png", Vec::new(), "empty file"),
+        ("zero.png", zero_sized_png(), "zero.png"),
+    ];
+    let mut args: Vec<PathBuf> = vec![good[0].clone()];
+    for (name, bytes, _) in &cases {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).expect("write case");
+        args.push(p);
+    }
+    args.push(good[1].clone());
+    let output = run(efficientad()
+        .args(["infer", "--provider", "cpu", "--batch", "2", "--model"])
+        .arg(bundle)
+        .arg("--calibration")
+        .arg(&cal_path)
+        .args(&args));
+    assert_eq!(output.status.code(), Some(1), "exit status must say some images failed");
+    let lines = json_lines(&output.stdout);
+    assert_eq!(lines.len(), args.len(), "one line per input, even for failures");
+    assert_ne!(lines[0]["verdict"], "ERROR");
+    assert_ne!(lines[5]["verdict"], "ERROR", "the run must go on after bad files");
+    for (line, (name, _, needle)) in lines[1..5].iter().zip(&cases) {
+        assert_eq!(line["verdict"], "ERROR", "{name}");
+        let error = line["error"].as_str().expect("error text");
+        assert!(error.contains(name) && error.contains(needle), "{name}: {error}");
+        assert!(line.get("score").is_none(), "an ERROR line carries no score");
+    }
+    assert!(!text(&output.stderr).contains("panicked"));
+}
+
+#[test]
+fn eight_and_sixteen_bit_gray_and_rgba_images_are_judged_issue3() {
+    let bundle = small_bundle();
+    let (cal_dir, _) = image_folder("formats-cal", &mtd().join("validation/good"), 6);
+    let cal_path = cal_dir.join("../formats-cal.json");
+    calibrate(bundle, &cal_dir, &cal_path, &[]);
+    let dir = temp_dir("formats");
+    let gray16 = image::ImageBuffer::from_fn(300, 200, |x, y| image::Luma([((x * 200 + y) % 65536) as u16]));
+    image::DynamicImage::ImageLuma16(gray16).save(dir.join("gray16.png")).expect("png");
+    let rgba = image::RgbaImage::from_fn(123, 77, |x, y| image::Rgba([x as u8, y as u8, 100, 128]));
+    rgba.save(dir.join("rgba.png")).expect("png");
+    let gray8 = image::GrayImage::from_fn(64, 500, |x, y| image::Luma([(x + y) as u8]));
+    gray8.save(dir.join("gray8.bmp")).expect("bmp");
+    let output = run(efficientad()
+        .args(["infer", "--provider", "cpu", "--model"])
+        .arg(bundle)
+        .arg("--calibration")
+        .arg(&cal_path)
+        .arg(&dir));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let lines = json_lines(&output.stdout);
+    let sizes: Vec<(u64, u64)> = lines
+        .iter()
+        .map(|l| (l["width"].as_u64().expect("w"), l["height"].as_u64().expect("h")))
+        .collect();
+    // Sorted by name: gray16.png, gray8.bmp, rgba.png.
+    assert_eq!(sizes, vec![(300, 200), (64, 500), (123, 77)]);
+}
+
+#[test]
+fn setup_errors_are_refused_at_start_with_advice_issue3() {
+    let bundle = small_bundle();
+    let (cal_dir, _) = image_folder("setup-cal", &mtd().join("validation/good"), 6);
+    let cal_path = cal_dir.join("../setup-cal.json");
+    calibrate(bundle, &cal_dir, &cal_path, &[]);
+    let image = first_files(&mtd().join("test/good"), 1).remove(0);
+    let infer = |model: &Path, cal: &Path| {
+        run(efficientad()
+            .args(["infer", "--provider", "cpu", "--model"])
+            .arg(model)
+            .arg("--calibration")
+            .arg(cal)
+            .arg(&image))
+    };
+    let expect_refusal = |output: std::process::Output, needle: &str| {
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
+        assert!(output.stdout.is_empty(), "nothing may be judged after a setup error");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    };
+
+    // A calibration of another model.
+    let other = temp_dir("other-model");
+    export_random(&other, 99, 8);
+    expect_refusal(infer(&other, &cal_path), "was made for another model");
+
+    // A bundle missing a file.
+    let partial = temp_dir("partial-bundle");
+    std::fs::copy(bundle.join("model.onnx"), partial.join("model.onnx")).expect("copy");
+    expect_refusal(infer(&partial, &cal_path), "is missing model.json");
+
+    // A graph modified after export.
+    let modified = temp_dir("modified-bundle");
+    let mut bytes = std::fs::read(bundle.join("model.onnx")).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(modified.join("model.onnx"), bytes).expect("write");
+    std::fs::copy(bundle.join("model.json"), modified.join("model.json")).expect("copy");
+    expect_refusal(infer(&modified, &cal_path), "does not match its model.json");
+
+    // A graph with the wrong inputs/outputs (consistent model.json, so only the contract fails).
+    use efficientad::onnx_proto::{self as proto, DataType, Dim};
+    let wrong = temp_dir("wrong-graph");
+    let node = proto::node("Relu", "relu", &["x"], &["map_st"], &[]);
+    let x = proto::value_info("x", DataType::Float, &[Dim::Named("N"), Dim::Fixed(56), Dim::Fixed(56)]);
+    let y = proto::value_info("map_st", DataType::Float, &[Dim::Named("N"), Dim::Fixed(56), Dim::Fixed(56)]);
+    let graph = proto::graph("wrong", &[node], &[], &[x], &[y]);
+    let onnx = proto::model(8, 17, "test", "0", &graph, &[]);
+    std::fs::write(wrong.join("model.onnx"), &onnx).expect("write");
+    let mut info: Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("model.json")).expect("read")).expect("json");
+    info["model_sha256"] = Value::String(efficientad::bundle::sha256_hex(&onnx));
+    std::fs::write(wrong.join("model.json"), info.to_string()).expect("write");
+    let mut cal: Value = serde_json::from_str(&std::fs::read_to_string(&cal_path).expect("read")).expect("json");
+    cal["model_sha256"] = info["model_sha256"].clone();
+    let wrong_cal = wrong.join("cal.json");
+    std::fs::write(&wrong_cal, cal.to_string()).expect("write");
+    expect_refusal(infer(&wrong, &wrong_cal), "is not an EfficientAD deployment graph");
+
+    // An explicit provider this library cannot offer is an error, not a silent fallback.
+    let output = run(efficientad()
+        .args(["infer", "--provider", "cuda", "--model"])
+        .arg(bundle)
+        .arg("--calibration")
+        .arg(&cal_path)
+        .arg(&image));
+    expect_refusal(output, "execution provider cuda is not usable");
+}
+
+#[test]
+fn library_lookup_errors_are_messages_not_panics_issue3() {
+    let output = run(efficientad().arg("doctor").env("ORT_DYLIB_PATH", "/nowhere/libonnxruntime.so"));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ORT_DYLIB_PATH points to /nowhere/libonnxruntime.so"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A file that exists but is no library.
+    let dir = temp_dir("not-a-lib");
+    let fake = dir.join("libonnxruntime.so");
+    std::fs::write(&fake, b"not a shared library").expect("write");
+    let output = run(efficientad().arg("doctor").env("ORT_DYLIB_PATH", &fake));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot load ONNX Runtime from"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn library_is_found_in_python_then_installed_into_the_cache_issue3() {
+    // The active python3 has onnxruntime (.ci/run installs it): found there.
+    let output = run(efficientad().arg("doctor").env_remove("ORT_DYLIB_PATH"));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("found via python package") && stdout.contains("cpu       usable"), "{stdout}");
+
+    // A python without onnxruntime and an empty cache: installed with pip, said on stderr.
+    let dir = temp_dir("ort-install");
+    let venv = dir.join("venv");
+    let status = run(std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv));
+    assert!(status.status.success(), "python3 -m venv failed: {}", text(&status.stderr));
+    let python = venv.join("bin/python");
+    let cache = dir.join("cache");
+    let doctor = || {
+        let mut cmd = efficientad();
+        cmd.arg("doctor")
+            .env_remove("ORT_DYLIB_PATH")
+            .env("EFFICIENTAD_PYTHON", &python)
+            .env("EFFICIENTAD_CACHE", &cache);
+        cmd
+    };
+    let output = run(doctor().env("EFFICIENTAD_NO_ORT_INSTALL", "1"));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no ONNX Runtime library found") && stderr.contains("has no onnxruntime package"), "{stderr}");
+
+    let output = run(&mut doctor());
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("installing onnxruntime==1.31.1"), "{stderr}");
+    assert!(stdout.contains("found via user cache (installed now)") && stdout.contains("version 1.31.1"), "{stdout}");
+    assert!(cache.join("onnxruntime-1.31.1/onnxruntime/capi/libonnxruntime.so.1.31.1").is_file());
+
+    let output = run(&mut doctor());
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success() && !stderr.contains("installing"), "{stderr}");
+    assert!(stdout.contains("found via user cache,") || stdout.contains("found via user cache)"), "{stdout}");
+}
