@@ -80,7 +80,11 @@ fn scale(q: Quantiles) -> (f64, f64) {
 /// Image score: the maximum of the combined map (NaN if the map holds NaN).
 pub fn score(combined: &[f32]) -> f32 {
     combined.iter().copied().fold(f32::NEG_INFINITY, |m, v| {
-        if v.is_nan() || m.is_nan() { f32::NAN } else { m.max(v) }
+        if v.is_nan() || m.is_nan() {
+            f32::NAN
+        } else {
+            m.max(v)
+        }
     })
 }
 

@@ -134,7 +134,12 @@ pub struct RunOptions {
 }
 
 /// Runs every file through decode → resize → engine, calling `each` in input order.
-pub fn run_files(engine: &mut Engine, files: &[PathBuf], options: RunOptions, mut each: impl FnMut(Outcome)) {
+pub fn run_files(
+    engine: &mut Engine,
+    files: &[PathBuf],
+    options: RunOptions,
+    mut each: impl FnMut(Outcome),
+) {
     let batch = options.batch.max(1);
     let size = engine.input_size();
     let (tx, rx) = bounded::<Item>(2 * batch);
@@ -226,7 +231,9 @@ fn run_batch(
     }
     let t0 = Instant::now();
     let result = if ready > 0 {
-        engine.run_into(input, ready, maps).map_err(|e| e.to_string())
+        engine
+            .run_into(input, ready, maps)
+            .map_err(|e| e.to_string())
     } else {
         Ok(())
     };

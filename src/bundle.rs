@@ -43,15 +43,21 @@ pub struct ModelInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("model bundle {dir} is missing {file}; a bundle folder holds model.onnx and model.json as written by `efficientad-train export` or `fit`")]
+    #[error(
+        "model bundle {dir} is missing {file}; a bundle folder holds model.onnx and model.json as written by `efficientad-train export` or `fit`"
+    )]
     Missing { dir: PathBuf, file: &'static str },
     #[error("cannot read {path}: {reason}")]
     Read { path: PathBuf, reason: String },
     #[error("{path} is not a valid model.json: {reason}")]
     BadInfo { path: PathBuf, reason: String },
-    #[error("{path} has format_version {found}; this runtime reads version {BUNDLE_FORMAT_VERSION}: re-export the bundle or update efficientad")]
+    #[error(
+        "{path} has format_version {found}; this runtime reads version {BUNDLE_FORMAT_VERSION}: re-export the bundle or update efficientad"
+    )]
     Version { path: PathBuf, found: u32 },
-    #[error("{onnx} does not match its model.json (sha256 {found}, model.json says {expected}); the bundle was modified or mixed up — re-export it")]
+    #[error(
+        "{onnx} does not match its model.json (sha256 {found}, model.json says {expected}); the bundle was modified or mixed up — re-export it"
+    )]
     HashMismatch {
         onnx: PathBuf,
         expected: String,

@@ -27,18 +27,26 @@ pub enum CalibrationError {
     Read { path: PathBuf, reason: String },
     #[error("{path} is not a valid calibration file: {reason}")]
     Bad { path: PathBuf, reason: String },
-    #[error("{path} has format_version {found}; this runtime reads version {CALIBRATION_FORMAT_VERSION}: run `efficientad calibrate` again")]
+    #[error(
+        "{path} has format_version {found}; this runtime reads version {CALIBRATION_FORMAT_VERSION}: run `efficientad calibrate` again"
+    )]
     Version { path: PathBuf, found: u32 },
-    #[error("{path} was made for another model (sha256 {found}), not {model} (sha256 {expected}); run `efficientad calibrate --model {model}` to make one for it")]
+    #[error(
+        "{path} was made for another model (sha256 {found}), not {model} (sha256 {expected}); run `efficientad calibrate --model {model}` to make one for it"
+    )]
     OtherModel {
         path: PathBuf,
         model: PathBuf,
         found: String,
         expected: String,
     },
-    #[error("no validation image could be run ({failed} failed); calibration needs normal images that decode")]
+    #[error(
+        "no validation image could be run ({failed} failed); calibration needs normal images that decode"
+    )]
     NoImages { failed: usize },
-    #[error("the validation maps are constant ({which}: q_a = q_b = {value}); the model or the images are degenerate and cannot be normalized")]
+    #[error(
+        "the validation maps are constant ({which}: q_a = q_b = {value}); the model or the images are degenerate and cannot be normalized"
+    )]
     Degenerate { which: &'static str, value: f64 },
     #[error("cannot write calibration {path}: {reason}")]
     Write { path: PathBuf, reason: String },
@@ -142,8 +150,11 @@ pub fn compute(
         ae: map_quantiles(&mut ae),
     };
     for (which, q) in [("map_st", normalization.st), ("map_ae", normalization.ae)] {
-        if !(q.q_b > q.q_a) {
-            return Err(CalibrationError::Degenerate { which, value: q.q_a });
+        if q.q_b.partial_cmp(&q.q_a) != Some(std::cmp::Ordering::Greater) {
+            return Err(CalibrationError::Degenerate {
+                which,
+                value: q.q_a,
+            });
         }
     }
     let scores_of = |maps: &[MapPair]| -> Vec<f32> {
@@ -201,12 +212,20 @@ fn best_f1_threshold(normal: &[f32], anomalous: &[f32]) -> (f64, ThresholdRule) 
         // Take every sample tied at this score together: a cut cannot separate them.
         let s = all[i].0;
         while i < all.len() && all[i].0 == s {
-            if all[i].1 { tp += 1.0 } else { fp += 1.0 }
+            if all[i].1 {
+                tp += 1.0
+            } else {
+                fp += 1.0
+            }
             i += 1;
         }
         let precision = tp / (tp + fp);
         let recall = tp / positives;
-        let f1 = if tp > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+        let f1 = if tp > 0.0 {
+            2.0 * precision * recall / (precision + recall)
+        } else {
+            0.0
+        };
         // Cut halfway to the next lower score (or just below the lowest).
         let next = all.get(i).map(|n| f64::from(n.0));
         let cut = match next {
@@ -233,11 +252,15 @@ impl Calibration {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| CalibrationError::Bad {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let version = value.get("format_version").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| CalibrationError::Bad {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let version = value
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0) as u32;
         if version != CALIBRATION_FORMAT_VERSION {
             return Err(CalibrationError::Version {
                 path: path.to_owned(),
@@ -278,7 +301,10 @@ impl Calibration {
 
     /// Verdict for a score: NG above the threshold (NaN scores are never OK).
     pub fn is_anomalous(&self, score: f32) -> bool {
-        !(f64::from(score) <= self.threshold)
+        !matches!(
+            f64::from(score).partial_cmp(&self.threshold),
+            Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+        )
     }
 }
 
@@ -290,7 +316,14 @@ mod tests {
     fn best_f1_separates_perfectly_separable_scores() {
         let (t, rule) = best_f1_threshold(&[0.1, 0.2, 0.3], &[0.5, 0.6]);
         assert!((t - 0.4).abs() < 1e-6, "{t}");
-        assert_eq!(rule, ThresholdRule::BestF1 { f1: 1.0, precision: 1.0, recall: 1.0 });
+        assert_eq!(
+            rule,
+            ThresholdRule::BestF1 {
+                f1: 1.0,
+                precision: 1.0,
+                recall: 1.0
+            }
+        );
     }
 
     #[test]
@@ -298,6 +331,12 @@ mod tests {
         let normal: Vec<f32> = (0..101).map(|v| v as f32).collect();
         let (t, rule) = frr_threshold(&normal, 0.01);
         assert!((t - 99.0).abs() < 1e-9);
-        assert_eq!(rule, ThresholdRule::FalseRejectRate { target: 0.01, achieved: 1.0 / 101.0 });
+        assert_eq!(
+            rule,
+            ThresholdRule::FalseRejectRate {
+                target: 0.01,
+                achieved: 1.0 / 101.0
+            }
+        );
     }
 }

@@ -4,6 +4,7 @@
 mod bench;
 mod calibrate;
 mod doctor;
+mod eval;
 mod infer;
 
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ enum Command {
     Infer(infer::InferArgs),
     /// Compute map normalization and the decision threshold from normal validation images.
     Calibrate(calibrate::CalibrateArgs),
+    /// Image AUROC, pixel AUROC and AU-PRO on an MVTec-layout test split.
+    Eval(eval::EvalArgs),
     /// Time each stage and compare end-to-end time with the bare session run.
     Bench(bench::BenchArgs),
     /// Show the ONNX Runtime library, usable execution providers and what blocks the others.
@@ -75,6 +78,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Infer(args) => infer::run(args),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Doctor => doctor::run(),
     };

@@ -65,11 +65,15 @@ impl Default for EngineOptions {
 pub enum EngineError {
     #[error(transparent)]
     Library(#[from] OrtLibError),
-    #[error("execution provider {provider} is not usable: {reason}; run `efficientad doctor` to see what this machine offers, or pick another --provider")]
+    #[error(
+        "execution provider {provider} is not usable: {reason}; run `efficientad doctor` to see what this machine offers, or pick another --provider"
+    )]
     Provider { provider: Provider, reason: String },
     #[error("ONNX Runtime cannot load {path}: {reason}")]
     Session { path: PathBuf, reason: String },
-    #[error("{path} is not an EfficientAD deployment graph: {reason}; export it with `efficientad-train export`")]
+    #[error(
+        "{path} is not an EfficientAD deployment graph: {reason}; export it with `efficientad-train export`"
+    )]
     Contract { path: PathBuf, reason: String },
     #[error("inference failed: {0}")]
     Run(String),
@@ -120,7 +124,12 @@ fn dispatch(provider: Provider, options: &EngineOptions) -> Vec<ExecutionProvide
                 .build()
                 .error_on_failure(),
         ],
-        Provider::Cuda => vec![ep::CUDA::default().with_device_id(0).build().error_on_failure()],
+        Provider::Cuda => vec![
+            ep::CUDA::default()
+                .with_device_id(0)
+                .build()
+                .error_on_failure(),
+        ],
         Provider::Cpu | Provider::Auto => vec![ep::CPU::default().build()],
     }
 }
@@ -154,7 +163,10 @@ impl Engine {
                     return Ok(engine);
                 }
                 Err(EngineError::Provider { reason, .. }) if options.provider == Provider::Auto => {
-                    eprintln!("efficientad: {provider} unavailable ({}), trying the next provider", reason.trim_end_matches('.'));
+                    eprintln!(
+                        "efficientad: {provider} unavailable ({}), trying the next provider",
+                        reason.trim_end_matches('.')
+                    );
                     last_error = Some(EngineError::Provider { provider, reason });
                 }
                 Err(e) => return Err(e),
@@ -210,7 +222,9 @@ impl Engine {
             }
             _ => {
                 let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
-                return Err(contract(format!("expected one input `{INPUT}`, found {names:?}")));
+                return Err(contract(format!(
+                    "expected one input `{INPUT}`, found {names:?}"
+                )));
             }
         }
         for name in [OUTPUT_ST, OUTPUT_AE] {
@@ -248,7 +262,12 @@ impl Engine {
     }
 
     /// As [`Engine::run`], reusing `out`'s buffers.
-    pub fn run_into(&mut self, batch: &[u8], n: usize, out: &mut RawMaps) -> Result<(), EngineError> {
+    pub fn run_into(
+        &mut self,
+        batch: &[u8],
+        n: usize,
+        out: &mut RawMaps,
+    ) -> Result<(), EngineError> {
         let size = self.input_size;
         let expected = n * size * size * 3;
         if batch.len() != expected || n == 0 {
@@ -309,5 +328,8 @@ pub fn probe_provider(provider: Provider) -> Result<(), String> {
     let mut builder = builder
         .with_execution_providers(dispatch(provider, &options))
         .map_err(|e| e.to_string())?;
-    builder.commit_from_memory(&bytes).map(|_| ()).map_err(|e| e.to_string())
+    builder
+        .commit_from_memory(&bytes)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

@@ -58,19 +58,30 @@ pub fn judge(
     heatmaps: Option<&mut HeatmapSink>,
 ) -> Judged {
     let t0 = Instant::now();
-    calibration.normalization.combine_into(&maps.st, &maps.ae, combined);
+    calibration
+        .normalization
+        .combine_into(&maps.st, &maps.ae, combined);
     let s = score(combined);
-    let verdict = if calibration.is_anomalous(s) { Verdict::Ng } else { Verdict::Ok };
+    let verdict = if calibration.is_anomalous(s) {
+        Verdict::Ng
+    } else {
+        Verdict::Ok
+    };
     let mut heatmap = None;
     let mut heatmap_error = None;
-    if let (Some(sink), Some(image)) = (heatmaps, maps.image.as_ref()) {
-        if sink.all || verdict == Verdict::Ng {
-            let full = to_image_size(combined, maps.map_size, maps.width as usize, maps.height as usize);
-            let path = sink.names.name_for(&sink.dir, &maps.path);
-            match overlay(image, &full, calibration.threshold).save(&path) {
-                Ok(()) => heatmap = Some(path),
-                Err(e) => heatmap_error = Some(format!("cannot write heatmap {}: {e}", path.display())),
-            }
+    if let (Some(sink), Some(image)) = (heatmaps, maps.image.as_ref())
+        && (sink.all || verdict == Verdict::Ng)
+    {
+        let full = to_image_size(
+            combined,
+            maps.map_size,
+            maps.width as usize,
+            maps.height as usize,
+        );
+        let path = sink.names.name_for(&sink.dir, &maps.path);
+        match overlay(image, &full, calibration.threshold).save(&path) {
+            Ok(()) => heatmap = Some(path),
+            Err(e) => heatmap_error = Some(format!("cannot write heatmap {}: {e}", path.display())),
         }
     }
     Judged {

@@ -30,13 +30,19 @@ pub const ENV_CACHE: &str = "EFFICIENTAD_CACHE";
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum OrtLibError {
-    #[error("{ENV_DYLIB} points to {path}, which does not exist; unset it or point it at libonnxruntime.so (version {ORT_VERSION} or newer)")]
+    #[error(
+        "{ENV_DYLIB} points to {path}, which does not exist; unset it or point it at libonnxruntime.so (version {ORT_VERSION} or newer)"
+    )]
     EnvMissing { path: PathBuf },
     #[error("cannot load ONNX Runtime from {path}: {reason}")]
     Load { path: PathBuf, reason: String },
-    #[error("no ONNX Runtime library found ({tried}) and automatic install is off ({ENV_NO_INSTALL}); run `python3 -m pip install onnxruntime=={ORT_VERSION}` or set {ENV_DYLIB}")]
+    #[error(
+        "no ONNX Runtime library found ({tried}) and automatic install is off ({ENV_NO_INSTALL}); run `python3 -m pip install onnxruntime=={ORT_VERSION}` or set {ENV_DYLIB}"
+    )]
     NotFound { tried: String },
-    #[error("installing onnxruntime {ORT_VERSION} with pip into {dir} failed: {reason}; install it yourself (`python3 -m pip install onnxruntime=={ORT_VERSION}`) or set {ENV_DYLIB}")]
+    #[error(
+        "installing onnxruntime {ORT_VERSION} with pip into {dir} failed: {reason}; install it yourself (`python3 -m pip install onnxruntime=={ORT_VERSION}`) or set {ENV_DYLIB}"
+    )]
     Install { dir: PathBuf, reason: String },
 }
 
@@ -165,14 +171,11 @@ fn python_package_lib() -> Result<PathBuf, String> {
     std::fs::read_dir(&capi)
         .ok()
         .and_then(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .find(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("libonnxruntime.so.1"))
-                })
+            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libonnxruntime.so.1"))
+            })
         })
         .ok_or_else(|| format!("{py}'s onnxruntime package has no libonnxruntime.so in {dir}"))
 }
@@ -185,7 +188,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(dir).join("efficientad");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".cache").join("efficientad")
 }
 
@@ -204,7 +209,15 @@ fn install(dir: &Path) -> Result<(), OrtLibError> {
     let staging = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&staging);
     let status = Command::new(&py)
-        .args(["-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--target",
+        ])
         .arg(&staging)
         .arg(format!("onnxruntime=={ORT_VERSION}"))
         .status()

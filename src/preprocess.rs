@@ -20,7 +20,9 @@ pub enum PreprocessError {
     Decode { path: PathBuf, reason: String },
     #[error("{path} is an empty file (0 bytes)")]
     EmptyFile { path: PathBuf },
-    #[error("{path} is a truncated JPEG (no end-of-image marker): the file was cut short while being written or copied")]
+    #[error(
+        "{path} is a truncated JPEG (no end-of-image marker): the file was cut short while being written or copied"
+    )]
     TruncatedJpeg { path: PathBuf },
     #[error("{path} has zero size ({width}x{height})")]
     Empty {
@@ -114,10 +116,17 @@ impl Preprocessor {
     }
 
     /// Resizes packed RGB8 pixels (`width`x`height`) into `out` (`size`²·3 bytes, HWC).
-    pub fn resize_rgb(&mut self, rgb: &[u8], width: u32, height: u32, out: &mut [u8]) -> Result<(), PreprocessError> {
+    pub fn resize_rgb(
+        &mut self,
+        rgb: &[u8],
+        width: u32,
+        height: u32,
+        out: &mut [u8],
+    ) -> Result<(), PreprocessError> {
         let err = |e: &dyn std::fmt::Display| PreprocessError::Resize(e.to_string());
         let src = ImageRef::new(width, height, rgb, PixelType::U8x3).map_err(|e| err(&e))?;
-        let mut dst = Image::from_slice_u8(self.size, self.size, out, PixelType::U8x3).map_err(|e| err(&e))?;
+        let mut dst = Image::from_slice_u8(self.size, self.size, out, PixelType::U8x3)
+            .map_err(|e| err(&e))?;
         if width == self.size && height == self.size {
             out_copy(rgb, &mut dst);
             return Ok(());
@@ -154,7 +163,8 @@ mod tests {
 
     #[test]
     fn gray16_and_rgba_become_rgb8() {
-        let gray = image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(4, 3, image::Luma([65535u16]));
+        let gray =
+            image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(4, 3, image::Luma([65535u16]));
         let rgb = to_rgb8(DynamicImage::ImageLuma16(gray));
         assert_eq!(rgb.dimensions(), (4, 3));
         assert!(rgb.as_raw().iter().all(|&v| v == 255));
@@ -176,19 +186,26 @@ mod tests {
     fn truncated_jpeg_and_empty_file_are_refused() {
         let mut jpeg = Vec::new();
         DynamicImage::ImageRgb8(RgbImage::from_pixel(64, 64, image::Rgb([1, 2, 3])))
-            .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
             .expect("encode");
         assert!(decode_bytes(&jpeg, Path::new("ok.jpg")).is_ok());
         let cut = &jpeg[..jpeg.len() / 2];
-        let err = decode_bytes(cut, Path::new("cut.jpg")).unwrap_err();
-        assert!(matches!(err, PreprocessError::TruncatedJpeg { .. }), "{err}");
-        let err = decode_bytes(&[], Path::new("empty.png")).unwrap_err();
+        let err = decode_bytes(cut, Path::new("cut.jpg")).expect_err("cut JPEG accepted");
+        assert!(
+            matches!(err, PreprocessError::TruncatedJpeg { .. }),
+            "{err}"
+        );
+        let err = decode_bytes(&[], Path::new("empty.png")).expect_err("empty file accepted");
         assert!(err.to_string().contains("empty file"), "{err}");
     }
 
     #[test]
     fn garbage_is_a_decode_error_naming_the_file() {
-        let err = decode_bytes(b"not an image at all", Path::new("x.jpg")).unwrap_err();
+        let err =
+            decode_bytes(b"not an image at all", Path::new("x.jpg")).expect_err("text accepted");
         assert!(err.to_string().contains("x.jpg"), "{err}");
     }
 }

@@ -16,18 +16,24 @@ const ALPHA: f32 = 0.5;
 /// The jet colormap at t ∈ [0, 1].
 pub fn jet(t: f32) -> [u8; 3] {
     let t = if t.is_nan() { 1.0 } else { t.clamp(0.0, 1.0) };
-    let channel = |centre: f32| ((1.5 - (4.0 * t - centre).abs()).clamp(0.0, 1.0) * 255.0).round() as u8;
+    let channel =
+        |centre: f32| ((1.5 - (4.0 * t - centre).abs()).clamp(0.0, 1.0) * 255.0).round() as u8;
     [channel(3.0), channel(2.0), channel(1.0)]
 }
 
 /// Blends the full-size map (row-major, `image`'s size) over the image.
 pub fn overlay(image: &RgbImage, map: &[f32], threshold: f64) -> RgbImage {
-    let scale = if threshold > 0.0 { (0.5 / threshold) as f32 } else { 1.0 };
+    let scale = if threshold > 0.0 {
+        (0.5 / threshold) as f32
+    } else {
+        1.0
+    };
     let mut out = image.clone();
     for (pixel, &v) in out.pixels_mut().zip(map) {
         let c = jet(v * scale);
-        for k in 0..3 {
-            pixel.0[k] = (f32::from(pixel.0[k]) * (1.0 - ALPHA) + f32::from(c[k]) * ALPHA).round() as u8;
+        for (channel, colour) in pixel.0.iter_mut().zip(c) {
+            *channel =
+                (f32::from(*channel) * (1.0 - ALPHA) + f32::from(colour) * ALPHA).round() as u8;
         }
     }
     out
@@ -44,10 +50,19 @@ impl HeatmapNames {
     pub fn name_for(&mut self, dir: &Path, input: &Path) -> PathBuf {
         let clean = |s: &str| -> String {
             s.chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect()
         };
-        let stem = input.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = input
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let parent = input
             .parent()
             .and_then(|p| p.file_name())

@@ -25,7 +25,9 @@ fn reference_raw_maps(bundle_dir: &Path, files: &[PathBuf]) -> Vec<(Vec<f32>, Ve
     files
         .iter()
         .map(|f| {
-            let input = pre.prepare_vec(decode_file(f).expect("decode")).expect("resize");
+            let input = pre
+                .prepare_vec(decode_file(f).expect("decode"))
+                .expect("resize");
             let maps = engine.run(&input, 1).expect("run");
             (maps.st, maps.ae)
         })
@@ -68,8 +70,13 @@ fn calibrate(bundle: &Path, images: &Path, out: &Path, extra: &[&str]) -> Value 
         .arg("--out")
         .arg(out)
         .args(extra));
-    assert!(output.status.success(), "calibrate failed: {}", text(&output.stderr));
-    serde_json::from_str(&std::fs::read_to_string(out).expect("calibration written")).expect("calibration JSON")
+    assert!(
+        output.status.success(),
+        "calibrate failed: {}",
+        text(&output.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(out).expect("calibration written"))
+        .expect("calibration JSON")
 }
 
 #[test]
@@ -91,7 +98,10 @@ fn calibration_quantiles_equal_an_independent_computation_issue3() {
     }
     assert_eq!(cal["validation"]["images"], 12);
     assert_eq!(cal["threshold_rule"]["rule"], "false_reject_rate");
-    assert_eq!(cal["model_sha256"], Bundle::open(bundle).expect("bundle").info.model_sha256);
+    assert_eq!(
+        cal["model_sha256"],
+        Bundle::open(bundle).expect("bundle").info.model_sha256
+    );
     assert_eq!(cal["provider"], "cpu");
     assert_eq!(cal["precision"], "fp32");
 }
@@ -113,7 +123,11 @@ fn reference_combined(st: &[f32], ae: &[f32], cal: &Value) -> Vec<f64> {
 fn reference_full_map(map: &[f64], size: usize, width: usize, height: usize) -> Vec<f64> {
     let p = size + 8;
     let at = |x: usize, y: usize| -> f64 {
-        if (4..size + 4).contains(&x) && (4..size + 4).contains(&y) { map[(y - 4) * size + x - 4] } else { 0.0 }
+        if (4..size + 4).contains(&x) && (4..size + 4).contains(&y) {
+            map[(y - 4) * size + x - 4]
+        } else {
+            0.0
+        }
     };
     let src = |i: usize, dst: usize| -> (usize, usize, f64) {
         let x = ((i as f64 + 0.5) * p as f64 / dst as f64 - 0.5).max(0.0);
@@ -144,7 +158,15 @@ fn infer_scores_and_heatmaps_match_a_reference_issue3() {
     files.extend(first_files(&mtd().join("test/blowhole"), 2));
     let heat = temp_dir("infer-heat");
     let output = run(efficientad()
-        .args(["infer", "--provider", "cpu", "--batch", "2", "--all-heatmaps", "--model"])
+        .args([
+            "infer",
+            "--provider",
+            "cpu",
+            "--batch",
+            "2",
+            "--all-heatmaps",
+            "--model",
+        ])
         .arg(bundle)
         .arg("--calibration")
         .arg(&cal_path)
@@ -161,7 +183,11 @@ fn infer_scores_and_heatmaps_match_a_reference_issue3() {
         let combined = reference_combined(st, ae, &cal);
         let want = combined.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let got = line["score"].as_f64().expect("score");
-        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "{}: score {got} vs {want}", file.display());
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "{}: score {got} vs {want}",
+            file.display()
+        );
         let verdict = if want > threshold { "NG" } else { "OK" };
         assert_eq!(line["verdict"], verdict, "{}", file.display());
         assert_eq!(line["threshold"].as_f64(), Some(threshold));
@@ -173,11 +199,24 @@ fn infer_scores_and_heatmaps_match_a_reference_issue3() {
         let combined_f32: Vec<f32> = combined.iter().map(|&v| v as f32).collect();
         let full = efficientad::anomaly::to_image_size(&combined_f32, 56, w as usize, h as usize);
         let reference = reference_full_map(&combined, 56, w as usize, h as usize);
-        let max_err = full.iter().zip(&reference).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max);
+        let max_err = full
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (f64::from(*a) - b).abs())
+            .fold(0.0, f64::max);
         assert!(max_err < 1e-5, "full-size map differs by {max_err}");
         let t = &line["timings_ms"];
-        for key in ["decode_ms", "resize_ms", "inference_ms", "maps_ms", "total_ms"] {
-            assert!(t[key].as_f64().is_some_and(|v| v >= 0.0), "{key} missing in {line}");
+        for key in [
+            "decode_ms",
+            "resize_ms",
+            "inference_ms",
+            "maps_ms",
+            "total_ms",
+        ] {
+            assert!(
+                t[key].as_f64().is_some_and(|v| v >= 0.0),
+                "{key} missing in {line}"
+            );
         }
     }
 }
@@ -189,7 +228,11 @@ fn zero_sized_png() -> Vec<u8> {
         for &b in bytes {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc
@@ -217,7 +260,11 @@ fn bad_images_get_error_lines_and_the_run_goes_on_issue3() {
     let jpeg = std::fs::read(&good[0]).expect("jpeg");
     let cases = [
         ("text.jpg", b"this is not an image".to_vec(), "not an image"),
-        ("truncated.jpg", jpeg[..jpeg.len() / 2].to_vec(), "truncated JPEG"),
+        (
+            "truncated.jpg",
+            jpeg[..jpeg.len() / 2].to_vec(),
+            "truncated JPEG",
+        ),
         ("empty.png", Vec::new(), "empty file"),
         ("zero.png", zero_sized_png(), "zero.png"),
     ];
@@ -234,16 +281,33 @@ fn bad_images_get_error_lines_and_the_run_goes_on_issue3() {
         .arg("--calibration")
         .arg(&cal_path)
         .args(&args));
-    assert_eq!(output.status.code(), Some(1), "exit status must say some images failed");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "exit status must say some images failed"
+    );
     let lines = json_lines(&output.stdout);
-    assert_eq!(lines.len(), args.len(), "one line per input, even for failures");
+    assert_eq!(
+        lines.len(),
+        args.len(),
+        "one line per input, even for failures"
+    );
     assert_ne!(lines[0]["verdict"], "ERROR");
-    assert_ne!(lines[5]["verdict"], "ERROR", "the run must go on after bad files");
+    assert_ne!(
+        lines[5]["verdict"], "ERROR",
+        "the run must go on after bad files"
+    );
     for (line, (name, _, needle)) in lines[1..5].iter().zip(&cases) {
         assert_eq!(line["verdict"], "ERROR", "{name}");
         let error = line["error"].as_str().expect("error text");
-        assert!(error.contains(name) && error.contains(needle), "{name}: {error}");
-        assert!(line.get("score").is_none(), "an ERROR line carries no score");
+        assert!(
+            error.contains(name) && error.contains(needle),
+            "{name}: {error}"
+        );
+        assert!(
+            line.get("score").is_none(),
+            "an ERROR line carries no score"
+        );
     }
     assert!(!text(&output.stderr).contains("panicked"));
 }
@@ -255,8 +319,12 @@ fn eight_and_sixteen_bit_gray_and_rgba_images_are_judged_issue3() {
     let cal_path = cal_dir.join("../formats-cal.json");
     calibrate(bundle, &cal_dir, &cal_path, &[]);
     let dir = temp_dir("formats");
-    let gray16 = image::ImageBuffer::from_fn(300, 200, |x, y| image::Luma([((x * 200 + y) % 65536) as u16]));
-    image::DynamicImage::ImageLuma16(gray16).save(dir.join("gray16.png")).expect("png");
+    let gray16 = image::ImageBuffer::from_fn(300, 200, |x, y| {
+        image::Luma([((x * 200 + y) % 65536) as u16])
+    });
+    image::DynamicImage::ImageLuma16(gray16)
+        .save(dir.join("gray16.png"))
+        .expect("png");
     let rgba = image::RgbaImage::from_fn(123, 77, |x, y| image::Rgba([x as u8, y as u8, 100, 128]));
     rgba.save(dir.join("rgba.png")).expect("png");
     let gray8 = image::GrayImage::from_fn(64, 500, |x, y| image::Luma([(x + y) as u8]));
@@ -271,7 +339,12 @@ fn eight_and_sixteen_bit_gray_and_rgba_images_are_judged_issue3() {
     let lines = json_lines(&output.stdout);
     let sizes: Vec<(u64, u64)> = lines
         .iter()
-        .map(|l| (l["width"].as_u64().expect("w"), l["height"].as_u64().expect("h")))
+        .map(|l| {
+            (
+                l["width"].as_u64().expect("w"),
+                l["height"].as_u64().expect("h"),
+            )
+        })
         .collect();
     // Sorted by name: gray16.png, gray8.bmp, rgba.png.
     assert_eq!(sizes, vec![(300, 200), (64, 500), (123, 77)]);
@@ -296,7 +369,10 @@ fn setup_errors_are_refused_at_start_with_advice_issue3() {
         let stderr = text(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
-        assert!(output.stdout.is_empty(), "nothing may be judged after a setup error");
+        assert!(
+            output.stdout.is_empty(),
+            "nothing may be judged after a setup error"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
     };
 
@@ -323,20 +399,33 @@ fn setup_errors_are_refused_at_start_with_advice_issue3() {
     use efficientad::onnx_proto::{self as proto, DataType, Dim};
     let wrong = temp_dir("wrong-graph");
     let node = proto::node("Relu", "relu", &["x"], &["map_st"], &[]);
-    let x = proto::value_info("x", DataType::Float, &[Dim::Named("N"), Dim::Fixed(56), Dim::Fixed(56)]);
-    let y = proto::value_info("map_st", DataType::Float, &[Dim::Named("N"), Dim::Fixed(56), Dim::Fixed(56)]);
+    let x = proto::value_info(
+        "x",
+        DataType::Float,
+        &[Dim::Named("N"), Dim::Fixed(56), Dim::Fixed(56)],
+    );
+    let y = proto::value_info(
+        "map_st",
+        DataType::Float,
+        &[Dim::Named("N"), Dim::Fixed(56), Dim::Fixed(56)],
+    );
     let graph = proto::graph("wrong", &[node], &[], &[x], &[y]);
     let onnx = proto::model(8, 17, "test", "0", &graph, &[]);
     std::fs::write(wrong.join("model.onnx"), &onnx).expect("write");
     let mut info: Value =
-        serde_json::from_str(&std::fs::read_to_string(bundle.join("model.json")).expect("read")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("model.json")).expect("read"))
+            .expect("json");
     info["model_sha256"] = Value::String(efficientad::bundle::sha256_hex(&onnx));
     std::fs::write(wrong.join("model.json"), info.to_string()).expect("write");
-    let mut cal: Value = serde_json::from_str(&std::fs::read_to_string(&cal_path).expect("read")).expect("json");
+    let mut cal: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cal_path).expect("read")).expect("json");
     cal["model_sha256"] = info["model_sha256"].clone();
     let wrong_cal = wrong.join("cal.json");
     std::fs::write(&wrong_cal, cal.to_string()).expect("write");
-    expect_refusal(infer(&wrong, &wrong_cal), "is not an EfficientAD deployment graph");
+    expect_refusal(
+        infer(&wrong, &wrong_cal),
+        "is not an EfficientAD deployment graph",
+    );
 
     // An explicit provider this library cannot offer is an error, not a silent fallback.
     let output = run(efficientad()
@@ -350,10 +439,15 @@ fn setup_errors_are_refused_at_start_with_advice_issue3() {
 
 #[test]
 fn library_lookup_errors_are_messages_not_panics_issue3() {
-    let output = run(efficientad().arg("doctor").env("ORT_DYLIB_PATH", "/nowhere/libonnxruntime.so"));
+    let output = run(efficientad()
+        .arg("doctor")
+        .env("ORT_DYLIB_PATH", "/nowhere/libonnxruntime.so"));
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("ORT_DYLIB_PATH points to /nowhere/libonnxruntime.so"), "{stderr}");
+    assert!(
+        stderr.contains("ORT_DYLIB_PATH points to /nowhere/libonnxruntime.so"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     // A file that exists but is no library.
@@ -373,13 +467,22 @@ fn library_is_found_in_python_then_installed_into_the_cache_issue3() {
     let output = run(efficientad().arg("doctor").env_remove("ORT_DYLIB_PATH"));
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
-    assert!(stdout.contains("found via python package") && stdout.contains("cpu       usable"), "{stdout}");
+    assert!(
+        stdout.contains("found via python package") && stdout.contains("cpu       usable"),
+        "{stdout}"
+    );
 
     // A python without onnxruntime and an empty cache: installed with pip, said on stderr.
     let dir = temp_dir("ort-install");
     let venv = dir.join("venv");
-    let status = run(std::process::Command::new("python3").args(["-m", "venv"]).arg(&venv));
-    assert!(status.status.success(), "python3 -m venv failed: {}", text(&status.stderr));
+    let status = run(std::process::Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv));
+    assert!(
+        status.status.success(),
+        "python3 -m venv failed: {}",
+        text(&status.stderr)
+    );
     let python = venv.join("bin/python");
     let cache = dir.join("cache");
     let doctor = || {
@@ -393,17 +496,211 @@ fn library_is_found_in_python_then_installed_into_the_cache_issue3() {
     let output = run(doctor().env("EFFICIENTAD_NO_ORT_INSTALL", "1"));
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("no ONNX Runtime library found") && stderr.contains("has no onnxruntime package"), "{stderr}");
+    assert!(
+        stderr.contains("no ONNX Runtime library found")
+            && stderr.contains("has no onnxruntime package"),
+        "{stderr}"
+    );
 
     let output = run(&mut doctor());
     let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("installing onnxruntime==1.31.1"), "{stderr}");
-    assert!(stdout.contains("found via user cache (installed now)") && stdout.contains("version 1.31.1"), "{stdout}");
-    assert!(cache.join("onnxruntime-1.31.1/onnxruntime/capi/libonnxruntime.so.1.31.1").is_file());
+    assert!(
+        stderr.contains("installing onnxruntime==1.31.1"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("found via user cache (installed now)")
+            && stdout.contains("version 1.31.1"),
+        "{stdout}"
+    );
+    assert!(
+        cache
+            .join("onnxruntime-1.31.1/onnxruntime/capi/libonnxruntime.so.1.31.1")
+            .is_file()
+    );
 
     let output = run(&mut doctor());
     let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
-    assert!(output.status.success() && !stderr.contains("installing"), "{stderr}");
-    assert!(stdout.contains("found via user cache,") || stdout.contains("found via user cache)"), "{stdout}");
+    assert!(
+        output.status.success() && !stderr.contains("installing"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("found via user cache,") || stdout.contains("found via user cache)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn metrics_equal_sklearn_and_the_mvtec_au_pro_routine_issue6() {
+    use efficientad::metrics::{InMemory, pixel_metrics, roc_auc};
+    let path = root().join("tests/fixtures/metrics/metrics.json");
+    let fixture: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json");
+    let mut images = Vec::new();
+    let (mut scores, mut labels) = (Vec::new(), Vec::new());
+    for im in fixture["images"].as_array().expect("images") {
+        let s: Vec<f32> = im["scores"]
+            .as_array()
+            .expect("s")
+            .iter()
+            .map(|v| v.as_f64().expect("f") as f32)
+            .collect();
+        let m: Vec<u8> = im["mask"]
+            .as_array()
+            .expect("m")
+            .iter()
+            .map(|v| v.as_u64().expect("u") as u8)
+            .collect();
+        scores.push(s.iter().copied().fold(f32::NEG_INFINITY, f32::max));
+        labels.push(im["label"].as_bool().expect("label"));
+        let (w, h) = (
+            im["width"].as_u64().expect("w") as usize,
+            im["height"].as_u64().expect("h") as usize,
+        );
+        images.push((s, m, w, h));
+    }
+    let source = InMemory { images };
+    let image_auroc = roc_auc(&scores, &labels).expect("both classes");
+    assert!(
+        (image_auroc - fixture["image_auroc"].as_f64().expect("x")).abs() < 1e-6,
+        "{image_auroc}"
+    );
+    for (limit, key) in [(0.3, "au_pro_0.3"), (0.05, "au_pro_0.05")] {
+        // A tiny budget forces the sliced sweep: it must give the same numbers.
+        for budget in [usize::MAX, 500] {
+            let m = pixel_metrics(&source, limit, budget);
+            let pixel = m.pixel_auroc.expect("pixel auroc");
+            let pro = m.au_pro.expect("au-pro");
+            assert!(
+                (pixel - fixture["pixel_auroc"].as_f64().expect("x")).abs() < 1e-6,
+                "pixel {pixel}"
+            );
+            assert!(
+                (pro - fixture[key].as_f64().expect("x")).abs() < 1e-6,
+                "{key} {pro} (budget {budget})"
+            );
+        }
+    }
+}
+
+/// Writes a tiny MVTec-layout dataset: test/good (2), test/scratch (2, with masks), and
+/// ground_truth; `wrong_mask` gives the second mask another size.
+fn tiny_dataset(name: &str, wrong_mask: Option<(u32, u32)>) -> PathBuf {
+    let root = temp_dir(name);
+    let src = first_files(&mtd().join("test/good"), 2);
+    for dir in ["test/good", "test/scratch", "ground_truth/scratch"] {
+        std::fs::create_dir_all(root.join(dir)).expect("dir");
+    }
+    for (i, f) in src.iter().enumerate() {
+        std::fs::copy(f, root.join(format!("test/good/g{i}.jpg"))).expect("copy");
+        std::fs::copy(f, root.join(format!("test/scratch/s{i}.jpg"))).expect("copy");
+        let (w, h) = image::image_dimensions(f).expect("dims");
+        let (mw, mh) = if i == 1 {
+            wrong_mask.unwrap_or((w, h))
+        } else {
+            (w, h)
+        };
+        let mask = image::GrayImage::from_fn(mw, mh, |x, y| {
+            image::Luma([if x < mw / 4 && y < mh / 3 { 255 } else { 0 }])
+        });
+        mask.save(root.join(format!("ground_truth/scratch/s{i}_mask.png")))
+            .expect("mask");
+    }
+    root
+}
+
+#[test]
+fn eval_reports_every_field_on_mtd_issue6() {
+    let bundle = small_bundle();
+    let (cal_dir, _) = image_folder("eval-cal", &mtd().join("validation/good"), 8);
+    let cal_path = cal_dir.join("../eval-cal.json");
+    calibrate(bundle, &cal_dir, &cal_path, &[]);
+    let scores = temp_dir("eval-out").join("scores.csv");
+    let output = run(efficientad()
+        .args([
+            "eval",
+            "--provider",
+            "cpu",
+            "--batch",
+            "4",
+            "--json",
+            "--model",
+        ])
+        .arg(bundle)
+        .arg("--calibration")
+        .arg(&cal_path)
+        .arg("--dataset")
+        .arg(mtd())
+        .arg("--scores-out")
+        .arg(&scores));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let defects = ["blowhole", "break", "crack", "fray", "uneven"];
+    for group in
+        std::iter::once(&report["overall"]).chain(defects.iter().map(|d| &report["per_defect"][d]))
+    {
+        for key in ["image_auroc", "pixel_auroc", "au_pro"] {
+            let v = group[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{key} missing in {group}"));
+            assert!((0.0..=1.0).contains(&v), "{key} = {v}");
+        }
+    }
+    assert_eq!(report["overall"]["images"], 584);
+    assert_eq!(report["at_threshold"]["good_images"], 192);
+    assert_eq!(report["at_threshold"]["defective_images"], 392);
+    for key in ["accuracy", "threshold"] {
+        assert!(report["at_threshold"][key].as_f64().is_some(), "{key}");
+    }
+    for key in ["p50_ms", "p99_ms", "max_ms"] {
+        assert!(
+            report["latency"][key].as_f64().is_some_and(|v| v > 0.0),
+            "{key}"
+        );
+    }
+    assert_eq!(report["fpr_limit"], 0.3);
+    let csv = std::fs::read_to_string(&scores).expect("scores csv");
+    assert_eq!(csv.lines().count(), 585, "header + one row per image");
+    assert!(
+        csv.lines()
+            .nth(1)
+            .is_some_and(|l| l.ends_with(|c: char| c.is_ascii_digit()))
+    );
+}
+
+#[test]
+fn eval_refuses_a_mask_of_the_wrong_size_issue6() {
+    let bundle = small_bundle();
+    let (cal_dir, _) = image_folder("evalmask-cal", &mtd().join("validation/good"), 6);
+    let cal_path = cal_dir.join("../evalmask-cal.json");
+    calibrate(bundle, &cal_dir, &cal_path, &[]);
+    let dataset = tiny_dataset("mask-size", Some((10, 10)));
+    let output = run(efficientad()
+        .args(["eval", "--provider", "cpu", "--model"])
+        .arg(bundle)
+        .arg("--calibration")
+        .arg(&cal_path)
+        .arg("--dataset")
+        .arg(&dataset));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("s1_mask.png is 10x10") && stderr.contains("masks must match"),
+        "{stderr}"
+    );
+
+    // The same dataset with matching masks evaluates.
+    let dataset = tiny_dataset("mask-ok", None);
+    let output = run(efficientad()
+        .args(["eval", "--provider", "cpu", "--json", "--model"])
+        .arg(bundle)
+        .arg("--calibration")
+        .arg(&cal_path)
+        .arg("--dataset")
+        .arg(&dataset));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(report["overall"]["regions"], 2);
 }

@@ -68,7 +68,8 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// Runs a command, returning its output; panics only if it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -78,7 +79,15 @@ pub fn text(bytes: &[u8]) -> String {
 /// Exports a random-weight bundle (narrowed 8x: fast, same graph structure) into `dir`.
 pub fn export_random(dir: &Path, seed: u64, divisor: usize) {
     let out = run(efficientad_train()
-        .args(["export", "--random", "--seed", &seed.to_string(), "--width-divisor", &divisor.to_string(), "--out"])
+        .args([
+            "export",
+            "--random",
+            "--seed",
+            &seed.to_string(),
+            "--width-divisor",
+            &divisor.to_string(),
+            "--out",
+        ])
         .arg(dir));
     assert!(out.status.success(), "export failed: {}", text(&out.stderr));
 }
@@ -87,7 +96,8 @@ pub fn export_random(dir: &Path, seed: u64, divisor: usize) {
 pub fn small_bundle() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("efficientad-test-{}-bundle", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("efficientad-test-{}-bundle", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         export_random(&dir, 11, 8);
         dir

@@ -55,7 +55,11 @@ struct Report {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
@@ -86,7 +90,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
         engine.run_into(b, n, &mut raw)?;
         pairs.extend((0..n).map(|i| {
             let (st, ae) = raw.image(i);
-            MapPair { st: st.to_vec(), ae: ae.to_vec() }
+            MapPair {
+                st: st.to_vec(),
+                ae: ae.to_vec(),
+            }
         }));
     }
     let computed = compute(&pairs, &[], 0.01)?;
@@ -119,7 +126,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
 
     let n = files.len() as f64;
     let (mut bare, mut e2e) = (Vec::new(), Vec::new());
-    let (mut decode, mut resize, mut device, mut maps_t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut decode, mut resize, mut device, mut maps_t) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut combined = Vec::new();
     for _ in 0..args.runs {
         let t0 = Instant::now();
@@ -131,17 +139,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
         let (mut d, mut r, mut dev, mut m) = (0.0, 0.0, 0.0, 0.0);
         let mut failures = 0;
         let t0 = Instant::now();
-        run_files(&mut engine, &files, RunOptions { batch, keep_images: false }, |outcome| match outcome {
-            ImageOutcome::Maps(im) => {
-                let judged = judge(&im, &calibration, &mut combined, None);
-                d += im.timings.decode_ms;
-                r += im.timings.resize_ms;
-                // The batch's run time is shared by its images.
-                dev += im.timings.inference_ms / im.batch_size as f64;
-                m += judged.maps_ms;
-            }
-            ImageOutcome::Error { .. } => failures += 1,
-        });
+        run_files(
+            &mut engine,
+            &files,
+            RunOptions {
+                batch,
+                keep_images: false,
+            },
+            |outcome| match outcome {
+                ImageOutcome::Maps(im) => {
+                    let judged = judge(&im, &calibration, &mut combined, None);
+                    d += im.timings.decode_ms;
+                    r += im.timings.resize_ms;
+                    // The batch's run time is shared by its images.
+                    dev += im.timings.inference_ms / im.batch_size as f64;
+                    m += judged.maps_ms;
+                }
+                ImageOutcome::Error { .. } => failures += 1,
+            },
+        );
         e2e.push(ms(t0.elapsed()) / n);
         if failures > 0 {
             bail!("{failures} images failed during the benchmark");

@@ -35,7 +35,9 @@ pub struct CalibrateArgs {
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
-    let r: f64 = text.parse().map_err(|_| format!("`{text}` is not a number"))?;
+    let r: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
     if (0.0..1.0).contains(&r) {
         Ok(r)
     } else {
@@ -52,10 +54,19 @@ pub fn precision(provider: Provider) -> &'static str {
 }
 
 /// Runs a folder and keeps the raw maps; failures are reported on stderr and counted.
-pub fn collect_maps(engine: &mut Engine, dir: &Path, batch: usize, what: &str) -> anyhow::Result<(Vec<MapPair>, usize)> {
+pub fn collect_maps(
+    engine: &mut Engine,
+    dir: &Path,
+    batch: usize,
+    what: &str,
+) -> anyhow::Result<(Vec<MapPair>, usize)> {
     let files = list_images(&[dir.to_owned()])?;
     if files.is_empty() {
-        bail!("{} holds no images ({})", dir.display(), efficientad::batch::IMAGE_EXTENSIONS.join(", "));
+        bail!(
+            "{} holds no images ({})",
+            dir.display(),
+            efficientad::batch::IMAGE_EXTENSIONS.join(", ")
+        );
     }
     let bar = ProgressBar::new(files.len() as u64).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
@@ -121,7 +132,11 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<Outcome> {
         "efficientad: wrote {} ({} normal images{}, threshold {:.5}, provider {})",
         args.out.display(),
         normal.len(),
-        if anomalous.is_empty() { String::new() } else { format!(", {} anomalous", anomalous.len()) },
+        if anomalous.is_empty() {
+            String::new()
+        } else {
+            format!(", {} anomalous", anomalous.len())
+        },
         calibration.threshold,
         calibration.provider
     );

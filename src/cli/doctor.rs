@@ -8,12 +8,21 @@ use super::Outcome;
 pub fn run() -> anyhow::Result<Outcome> {
     println!("efficientad {}", env!("CARGO_PKG_VERSION"));
     let lib = ortlib::load()?;
-    println!("onnx runtime: {} (version {}, found via {})", lib.path.display(), lib.version, lib.source);
+    println!(
+        "onnx runtime: {} (version {}, found via {})",
+        lib.path.display(),
+        lib.version,
+        lib.source
+    );
     println!("execution providers:");
     for provider in [Provider::Tensorrt, Provider::Cuda, Provider::Cpu] {
         match probe_provider(provider) {
             Ok(()) => println!("  {:<9} usable", provider.to_string()),
-            Err(reason) => println!("  {:<9} not usable: {}", provider.to_string(), one_line(&reason)),
+            Err(reason) => println!(
+                "  {:<9} not usable: {}",
+                provider.to_string(),
+                one_line(&reason)
+            ),
         }
     }
     Ok(Outcome::Success)

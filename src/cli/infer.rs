@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use efficientad::batch::{Outcome as ImageOutcome, RunOptions, Timings, list_images, run_files, ms};
+use efficientad::batch::{
+    Outcome as ImageOutcome, RunOptions, Timings, list_images, ms, run_files,
+};
 use efficientad::bundle::Bundle;
 use efficientad::calibration::Calibration;
 use efficientad::engine::Engine;
@@ -130,7 +132,10 @@ pub fn run(args: InferArgs) -> anyhow::Result<Outcome> {
         return Err(anyhow::Error::new(e).context("writing results to stdout"));
     }
     if errors > 0 {
-        eprintln!("efficientad: {errors} of {} images could not be judged (ERROR lines)", files.len());
+        eprintln!(
+            "efficientad: {errors} of {} images could not be judged (ERROR lines)",
+            files.len()
+        );
         return Ok(Outcome::SomeErrors);
     }
     Ok(Outcome::Success)

@@ -19,7 +19,9 @@ const INFO_KEY: &str = "efficientad";
 pub enum CheckpointError {
     #[error("cannot read checkpoint {path}: {reason}")]
     Read { path: PathBuf, reason: String },
-    #[error("{path} is not an efficientad checkpoint (no `{INFO_KEY}` metadata); make one with `efficientad-train import-teacher` or `fit`")]
+    #[error(
+        "{path} is not an efficientad checkpoint (no `{INFO_KEY}` metadata); make one with `efficientad-train import-teacher` or `fit`"
+    )]
     NotOurs { path: PathBuf },
     #[error("{path} holds a {found}, but a {expected} is needed here")]
     WrongKind {
@@ -117,7 +119,9 @@ fn save<M: Module + ModuleSnapshot>(
         .auto_extension(false)
         .overwrite(true)
         .metadata(INFO_KEY, json);
-    module.save_into(&mut store).map_err(|e| write_error(path, e))
+    module
+        .save_into(&mut store)
+        .map_err(|e| write_error(path, e))
 }
 
 /// Reads only the description of a checkpoint.
@@ -138,7 +142,10 @@ pub fn read_info(path: &Path) -> Result<CheckpointInfo, CheckpointError> {
     })
 }
 
-fn load_into<M: Module + ModuleSnapshot>(module: &mut M, path: &Path) -> Result<(), CheckpointError> {
+fn load_into<M: Module + ModuleSnapshot>(
+    module: &mut M,
+    path: &Path,
+) -> Result<(), CheckpointError> {
     let mut store = BurnpackStore::from_file(path).auto_extension(false);
     let result = module
         .load_from(&mut store)
@@ -152,7 +159,11 @@ fn load_into<M: Module + ModuleSnapshot>(module: &mut M, path: &Path) -> Result<
             reason: format!(
                 "missing tensors {:?}, errors {:?}",
                 result.missing.iter().map(|(k, _)| k).collect::<Vec<_>>(),
-                result.errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+                result
+                    .errors
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
             ),
         });
     }
@@ -160,7 +171,11 @@ fn load_into<M: Module + ModuleSnapshot>(module: &mut M, path: &Path) -> Result<
 }
 
 /// Saves a teacher PDN.
-pub fn save_teacher(teacher: &Pdn, info: &CheckpointInfo, path: &Path) -> Result<(), CheckpointError> {
+pub fn save_teacher(
+    teacher: &Pdn,
+    info: &CheckpointInfo,
+    path: &Path,
+) -> Result<(), CheckpointError> {
     save(teacher, info, path)
 }
 
@@ -197,12 +212,19 @@ pub fn model_skeleton(info: &CheckpointInfo, device: &Device) -> EfficientAd {
 }
 
 /// Saves a whole model.
-pub fn save_model(model: &EfficientAd, info: &CheckpointInfo, path: &Path) -> Result<(), CheckpointError> {
+pub fn save_model(
+    model: &EfficientAd,
+    info: &CheckpointInfo,
+    path: &Path,
+) -> Result<(), CheckpointError> {
     save(model, info, path)
 }
 
 /// Loads a whole model.
-pub fn load_model(path: &Path, device: &Device) -> Result<(EfficientAd, CheckpointInfo), CheckpointError> {
+pub fn load_model(
+    path: &Path,
+    device: &Device,
+) -> Result<(EfficientAd, CheckpointInfo), CheckpointError> {
     let info = read_info(path)?;
     if info.kind != Kind::Model {
         return Err(CheckpointError::WrongKind {

@@ -39,7 +39,10 @@ pub fn export_bundle(
     std::fs::create_dir_all(out).map_err(|e| write_err(out, &e))?;
     let metadata = [
         ("efficientad.variant", info.variant.letter().to_string()),
-        ("efficientad.producer", format!("efficientad-train {}", env!("CARGO_PKG_VERSION"))),
+        (
+            "efficientad.producer",
+            format!("efficientad-train {}", env!("CARGO_PKG_VERSION")),
+        ),
     ];
     let bytes = graph::build(model, &metadata);
     let onnx_path = out.join(efficientad::bundle::MODEL_FILE);

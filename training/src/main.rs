@@ -13,7 +13,11 @@ use efficientad_training::model::{EfficientAd, PdnConfig, TEACHER_CHANNELS, Vari
 use efficientad_training::teacher::import_teacher;
 
 #[derive(Parser)]
-#[command(name = "efficientad-train", version, about = "Train and export EfficientAD models (Burn, CPU by default)")]
+#[command(
+    name = "efficientad-train",
+    version,
+    about = "Train and export EfficientAD models (Burn, CPU by default)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,7 +98,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 training: serde_json::Value::Null,
             };
             checkpoint::save_teacher(&teacher, &info, &out)?;
-            eprintln!("imported PDN-{variant} teacher from {} into {}", pth.display(), out.display());
+            eprintln!(
+                "imported PDN-{variant} teacher from {} into {}",
+                pth.display(),
+                out.display()
+            );
         }
         Command::Export {
             checkpoint: Some(path),
@@ -103,7 +111,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let (model, info) = checkpoint::load_model(&path, &device)?;
             let written = export_bundle(&model, &info, &out)?;
-            eprintln!("exported {} (sha256 {})", out.display(), written.model_sha256);
+            eprintln!(
+                "exported {} (sha256 {})",
+                out.display(),
+                written.model_sha256
+            );
         }
         Command::Export {
             checkpoint: None,
@@ -117,7 +129,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !random {
                 bail!("give --checkpoint FILE or --random");
             }
-            if width_divisor == 0 || TEACHER_CHANNELS % width_divisor != 0 {
+            if width_divisor == 0 || !TEACHER_CHANNELS.is_multiple_of(width_divisor) {
                 bail!("--width-divisor {width_divisor} must divide 384");
             }
             device.seed(seed);
@@ -125,8 +137,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_width_divisor(width_divisor);
             let mut model = EfficientAd::new(&config, &device);
             if let Some(stats) = teacher_stats {
-                efficientad_training::model::set_teacher_stats_from_file(&mut model, &stats, &device)
-                    .map_err(anyhow::Error::msg)?;
+                efficientad_training::model::set_teacher_stats_from_file(
+                    &mut model, &stats, &device,
+                )
+                .map_err(anyhow::Error::msg)?;
             }
             let info = CheckpointInfo {
                 kind: Kind::Model,
@@ -136,7 +150,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 training: serde_json::Value::Null,
             };
             let written = export_bundle(&model, &info, &out)?;
-            eprintln!("exported random-weight bundle {} (sha256 {})", out.display(), written.model_sha256);
+            eprintln!(
+                "exported random-weight bundle {} (sha256 {})",
+                out.display(),
+                written.model_sha256
+            );
         }
     }
     Ok(())

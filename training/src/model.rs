@@ -122,7 +122,12 @@ struct TeacherStats {
 }
 
 /// Sets μ and σ from explicit values (σ is guarded against zero).
-pub fn set_teacher_stats(model: &mut EfficientAd, mean: &[f32], std: &[f32], device: &Device) -> Result<(), String> {
+pub fn set_teacher_stats(
+    model: &mut EfficientAd,
+    mean: &[f32],
+    std: &[f32],
+    device: &Device,
+) -> Result<(), String> {
     let c = model.teacher.out_channels();
     if mean.len() != c || std.len() != c {
         return Err(format!(
@@ -142,9 +147,10 @@ pub fn set_teacher_stats_from_file(
     path: &std::path::Path,
     device: &Device,
 ) -> Result<(), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let stats: TeacherStats =
-        serde_json::from_str(&text).map_err(|e| format!("{} is not teacher statistics JSON: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let stats: TeacherStats = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not teacher statistics JSON: {e}", path.display()))?;
     set_teacher_stats(model, &stats.mean, &stats.std, device)
         .map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -31,7 +31,9 @@ pub enum ImportError {
         variant: Variant,
         hint: String,
     },
-    #[error("{path}: key `{key}` has shape {found:?}, a PDN-{variant} teacher needs {expected:?}{hint}")]
+    #[error(
+        "{path}: key `{key}` has shape {found:?}, a PDN-{variant} teacher needs {expected:?}{hint}"
+    )]
     WrongShape {
         path: PathBuf,
         key: String,
@@ -86,10 +88,11 @@ pub enum KeyStyle {
 fn detect_style(keys: &[String]) -> Option<KeyStyle> {
     if keys.iter().any(|k| k.starts_with("conv")) {
         Some(KeyStyle::Named)
-    } else if keys
-        .iter()
-        .any(|k| k.split('.').next().is_some_and(|p| p.parse::<usize>().is_ok()))
-    {
+    } else if keys.iter().any(|k| {
+        k.split('.')
+            .next()
+            .is_some_and(|p| p.parse::<usize>().is_ok())
+    }) {
         Some(KeyStyle::Sequential)
     } else {
         None

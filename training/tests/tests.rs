@@ -32,10 +32,18 @@ fn fixture_input(device: &Device) -> Tensor<4> {
 fn parameter_counts_match_the_paper_issue2() {
     let device = Device::flex();
     let count = |m: &dyn Fn() -> usize| m();
-    let s_teacher = PdnConfig::new(Variant::Small, 384).init(&device).num_params();
-    let s_student = PdnConfig::new(Variant::Small, 768).init(&device).num_params();
-    let m_teacher = PdnConfig::new(Variant::Medium, 384).init(&device).num_params();
-    let m_student = PdnConfig::new(Variant::Medium, 768).init(&device).num_params();
+    let s_teacher = PdnConfig::new(Variant::Small, 384)
+        .init(&device)
+        .num_params();
+    let s_student = PdnConfig::new(Variant::Small, 768)
+        .init(&device)
+        .num_params();
+    let m_teacher = PdnConfig::new(Variant::Medium, 384)
+        .init(&device)
+        .num_params();
+    let m_student = PdnConfig::new(Variant::Medium, 768)
+        .init(&device)
+        .num_params();
     let ae = count(&|| AutoencoderConfig::new(384).init(&device).num_params());
     // SPEC: S = 2.69M + 4.27M + 1.10M; M = 8.03M + 11.62M (+ the same AE).
     assert_eq!(s_teacher, 2_694_144);
@@ -72,25 +80,46 @@ fn teacher_import_matches_torch_in_both_key_styles_issue2() {
 fn teacher_import_errors_name_key_and_shape_issue2() {
     let device = Device::flex();
     // Not a torch file at all.
-    let err = import_pdn(&fixture("not_torch.pth"), tiny_teacher_config(Variant::Small), &device)
-        .expect_err("text file accepted");
+    let err = import_pdn(
+        &fixture("not_torch.pth"),
+        tiny_teacher_config(Variant::Small),
+        &device,
+    )
+    .expect_err("text file accepted");
     assert!(matches!(err, ImportError::NotTorchFile { .. }), "{err}");
     assert!(err.to_string().contains("not_torch.pth"), "{err}");
 
     // The other variant: the shape error names the key, both shapes and the right --variant.
-    let err = import_pdn(&fixture("pdn_s_sequential.pth"), tiny_teacher_config(Variant::Medium), &device)
-        .expect_err("PDN-S file accepted as PDN-M");
+    let err = import_pdn(
+        &fixture("pdn_s_sequential.pth"),
+        tiny_teacher_config(Variant::Medium),
+        &device,
+    )
+    .expect_err("PDN-S file accepted as PDN-M");
     let text = err.to_string();
     assert!(matches!(err, ImportError::WrongShape { .. }), "{text}");
-    assert!(text.contains("`0.weight`") && text.contains("[16, 3, 4, 4]") && text.contains("[8, 3, 4, 4]"), "{text}");
+    assert!(
+        text.contains("`0.weight`")
+            && text.contains("[16, 3, 4, 4]")
+            && text.contains("[8, 3, 4, 4]"),
+        "{text}"
+    );
     assert!(text.contains("--variant s"), "{text}");
-    let err = import_pdn(&fixture("pdn_m_named.pth"), tiny_teacher_config(Variant::Small), &device)
-        .expect_err("PDN-M file accepted as PDN-S");
+    let err = import_pdn(
+        &fixture("pdn_m_named.pth"),
+        tiny_teacher_config(Variant::Small),
+        &device,
+    )
+    .expect_err("PDN-M file accepted as PDN-S");
     assert!(err.to_string().contains("--variant m"), "{err}");
 
     // A file with a layer missing.
-    let err = import_pdn(&fixture("pdn_s_no_conv4.pth"), tiny_teacher_config(Variant::Small), &device)
-        .expect_err("incomplete file accepted");
+    let err = import_pdn(
+        &fixture("pdn_s_no_conv4.pth"),
+        tiny_teacher_config(Variant::Small),
+        &device,
+    )
+    .expect_err("incomplete file accepted");
     assert!(matches!(err, ImportError::MissingKey { .. }), "{err}");
     assert!(err.to_string().contains("`conv4.weight`"), "{err}");
 }
@@ -107,7 +136,11 @@ fn cli_import_teacher_reports_full_size_shape_mismatch_issue2() {
         .expect("run efficientad-train");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("`conv1.weight` has shape [8, 3, 4, 4]") && stderr.contains("[128, 3, 4, 4]"), "{stderr}");
+    assert!(
+        stderr.contains("`conv1.weight` has shape [8, 3, 4, 4]")
+            && stderr.contains("[128, 3, 4, 4]"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -115,8 +148,12 @@ fn cli_import_teacher_reports_full_size_shape_mismatch_issue2() {
 fn checkpoints_round_trip_issue2() {
     let device = Device::flex();
     let dir = temp_dir("checkpoint");
-    let teacher = import_pdn(&fixture("pdn_m_named.pth"), tiny_teacher_config(Variant::Medium), &device)
-        .expect("import");
+    let teacher = import_pdn(
+        &fixture("pdn_m_named.pth"),
+        tiny_teacher_config(Variant::Medium),
+        &device,
+    )
+    .expect("import");
     let info = CheckpointInfo {
         kind: Kind::Teacher,
         variant: Variant::Medium,
@@ -129,25 +166,34 @@ fn checkpoints_round_trip_issue2() {
     };
     let path = dir.join("teacher.bpk");
     checkpoint::save_teacher(&teacher, &info, &path).expect("save");
-    let (loaded, loaded_info) = checkpoint::load_teacher(&path, Some(Variant::Medium), &device).expect("load");
+    let (loaded, loaded_info) =
+        checkpoint::load_teacher(&path, Some(Variant::Medium), &device).expect("load");
     assert_eq!(loaded_info, info);
     let a = to_vec(teacher.forward(fixture_input(&device)));
     let b = to_vec(loaded.forward(fixture_input(&device)));
     assert_eq!(a, b, "a checkpoint must restore the exact weights");
 
-    let err = checkpoint::load_teacher(&path, Some(Variant::Small), &device).expect_err("variant mismatch accepted");
+    let err = checkpoint::load_teacher(&path, Some(Variant::Small), &device)
+        .expect_err("variant mismatch accepted");
     assert!(err.to_string().contains("--variant s"), "{err}");
     let err = checkpoint::load_model(&path, &device).expect_err("teacher loaded as a whole model");
     assert!(err.to_string().contains("holds a teacher"), "{err}");
 }
 
 /// A random model with non-trivial teacher statistics (so the μ/σ fold matters).
-fn random_model(variant: Variant, divisor: usize, seed: u64, device: &Device) -> (EfficientAd, CheckpointInfo) {
+fn random_model(
+    variant: Variant,
+    divisor: usize,
+    seed: u64,
+    device: &Device,
+) -> (EfficientAd, CheckpointInfo) {
     device.seed(seed);
     let config = PdnConfig::new(variant, TEACHER_CHANNELS / divisor).with_width_divisor(divisor);
     let mut model = EfficientAd::new(&config, device);
     let c = config.out_channels;
-    let mean: Vec<f32> = (0..c).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.01).collect();
+    let mean: Vec<f32> = (0..c)
+        .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.01)
+        .collect();
     let std: Vec<f32> = (0..c).map(|i| 0.02 + (i * 13 % 7) as f32 * 0.01).collect();
     set_teacher_stats(&mut model, &mean, &std, device).expect("stats");
     let info = CheckpointInfo {
@@ -185,7 +231,10 @@ fn burn_matches_onnx_runtime(variant: Variant) {
         let st = to_vec(maps.st);
         let ae = to_vec(maps.ae);
         let (e_st, e_ae) = (rel_diff(&ort.st, &st), rel_diff(&ort.ae, &ae));
-        assert!(e_st < 1e-4 && e_ae < 1e-4, "PDN-{variant} batch {n}: map_st {e_st}, map_ae {e_ae}");
+        assert!(
+            e_st < 1e-4 && e_ae < 1e-4,
+            "PDN-{variant} batch {n}: map_st {e_st}, map_ae {e_ae}"
+        );
     }
 }
 
@@ -210,7 +259,8 @@ fn teacher_normalization_fold_is_exact_issue2() {
     let (w, b) = folded_teacher_head(&model);
     let mut folded = model.teacher.clone();
     let dims = folded.conv4.weight.dims();
-    folded.conv4.weight = burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(w, dims), &device));
+    folded.conv4.weight =
+        burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(w, dims), &device));
     folded.conv4.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
         TensorData::new(b, [dims[0]]),
         &device,
@@ -219,9 +269,13 @@ fn teacher_normalization_fold_is_exact_issue2() {
     let err = rel_diff(&folded, &unfolded);
     assert!(err < 1e-5, "fold changes the normalized teacher by {err}");
     // The statistics really are non-trivial: without them the output would differ a lot.
-    let raw = to_vec(model.teacher.forward(efficientad_training::model::imagenet_normalize(
-        batch_tensor(&batch_u8(&mtd_images(2), 256), 2, 256, &device),
-    )));
+    let raw = to_vec(
+        model
+            .teacher
+            .forward(efficientad_training::model::imagenet_normalize(
+                batch_tensor(&batch_u8(&mtd_images(2), 256), 2, 256, &device),
+            )),
+    );
     assert!(rel_diff(&raw, &unfolded) > 0.1);
 
     // Through ONNX Runtime: the exported (folded) graph's map_st equals Burn's unfolded map.
@@ -239,7 +293,17 @@ fn teacher_normalization_fold_is_exact_issue2() {
 fn exported_graph_passes_onnx_checker_and_loads_without_warnings_issue2() {
     let dir = temp_dir("checker");
     let status = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
-        .args(["export", "--random", "--seed", "5", "--variant", "m", "--width-divisor", "8", "--out"])
+        .args([
+            "export",
+            "--random",
+            "--seed",
+            "5",
+            "--variant",
+            "m",
+            "--width-divisor",
+            "8",
+            "--out",
+        ])
         .arg(&dir)
         .status()
         .expect("run efficientad-train");
@@ -269,8 +333,14 @@ print("ok")
         .expect("python3 with onnx and onnxruntime is needed (see .ci/run)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stdout.contains("ok"), "{stdout}\n{stderr}");
+    assert!(
+        output.status.success() && stdout.contains("ok"),
+        "{stdout}\n{stderr}"
+    );
     // ORT logs at warning level as " W:" / "[W:"; an unsupported op or a CPU fallback shows there.
-    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("[W:") || l.contains(" W:")).collect();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("[W:") || l.contains(" W:"))
+        .collect();
     assert!(warnings.is_empty(), "ONNX Runtime warned: {warnings:#?}");
 }

@@ -26,7 +26,9 @@ pub fn shared_data() -> PathBuf {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Reads raw little-endian float32 values.
@@ -43,7 +45,10 @@ pub fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "compared arrays differ in length");
     let max_abs = b.iter().fold(0f32, |m, v| m.max(v.abs()));
     let max_diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(max_abs > 0.0, "reference is all zeros: the comparison would prove nothing");
+    assert!(
+        max_abs > 0.0,
+        "reference is all zeros: the comparison would prove nothing"
+    );
     max_diff / max_abs
 }
 
@@ -95,7 +100,8 @@ pub fn batch_tensor(batch: &[u8], n: usize, size: usize, device: &Device) -> Ten
     for i in 0..n {
         for p in 0..plane {
             for c in 0..3 {
-                nchw[i * 3 * plane + c * plane + p] = f32::from(batch[(i * plane + p) * 3 + c]) / 255.0;
+                nchw[i * 3 * plane + c * plane + p] =
+                    f32::from(batch[(i * plane + p) * 3 + c]) / 255.0;
             }
         }
     }
@@ -108,7 +114,10 @@ pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 /// A fresh temporary folder for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("efficientad-train-test-{}-{name}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "efficientad-train-test-{}-{name}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir

@@ -7,13 +7,13 @@
 //! carry the dynamic batch through `Shape`→`Concat` instead of Resize-18's `axes`.
 
 use burn::module::Param;
-use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
-use efficientad::onnx_proto::{self as proto, Attr, DataType, Dim, Message};
 use crate::model::autoencoder::{DECODER_SIZES, OUTPUT_SIZE};
 use crate::model::{EfficientAd, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, Pdn};
+use efficientad::onnx_proto::{self as proto, Attr, DataType, Dim, Message};
 
 /// ONNX opset of the exported graph.
 pub const OPSET: i64 = 17;
@@ -66,7 +66,8 @@ impl Builder {
 
     /// Adds a node whose single output is named after the node.
     fn op(&mut self, op: &str, name: &str, inputs: &[&str], attrs: &[Attr]) -> String {
-        self.nodes.push(proto::node(op, name, inputs, &[name], attrs));
+        self.nodes
+            .push(proto::node(op, name, inputs, &[name], attrs));
         name.to_string()
     }
 
@@ -84,9 +85,11 @@ impl Builder {
     }
 
     fn plain_conv(&mut self, name: &str, x: &str, conv: &Conv2d) -> String {
-        let bias = conv.bias.as_ref().map(values).unwrap_or_else(|| {
-            vec![0.0; conv.weight.dims()[0]]
-        });
+        let bias = conv
+            .bias
+            .as_ref()
+            .map(values)
+            .unwrap_or_else(|| vec![0.0; conv.weight.dims()[0]]);
         self.conv(name, x, conv, &values4(&conv.weight), &bias)
     }
 
@@ -105,7 +108,13 @@ impl Builder {
     }
 
     /// A PDN; `last` replaces the final convolution's weights and bias (the teacher's fold).
-    fn pdn(&mut self, prefix: &str, x: &str, pdn: &Pdn, last: Option<(Vec<f32>, Vec<f32>)>) -> String {
+    fn pdn(
+        &mut self,
+        prefix: &str,
+        x: &str,
+        pdn: &Pdn,
+        last: Option<(Vec<f32>, Vec<f32>)>,
+    ) -> String {
         let convs = pdn.convs();
         let n = convs.len();
         let mut x = x.to_string();
@@ -131,7 +140,12 @@ impl Builder {
 
     fn resize(&mut self, name: &str, x: &str, batch_channels: &str, size: usize) -> String {
         let target = self.init_i64(&format!("{name}/hw"), &[size as i64, size as i64]);
-        let sizes = self.op("Concat", &format!("{name}/sizes"), &[batch_channels, &target], &[Attr::Int("axis", 0)]);
+        let sizes = self.op(
+            "Concat",
+            &format!("{name}/sizes"),
+            &[batch_channels, &target],
+            &[Attr::Int("axis", 0)],
+        );
         let attrs = [
             Attr::Str("mode", "linear"),
             Attr::Str("coordinate_transformation_mode", "half_pixel"),
@@ -168,7 +182,11 @@ pub fn folded_teacher_head(model: &EfficientAd) -> (Vec<f32>, Vec<f32>) {
     let mean = values(&model.teacher_mean);
     let std = values(&model.teacher_std);
     let mut weight = values4(&last.weight);
-    let bias = last.bias.as_ref().map(values).unwrap_or_else(|| vec![0.0; mean.len()]);
+    let bias = last
+        .bias
+        .as_ref()
+        .map(values)
+        .unwrap_or_else(|| vec![0.0; mean.len()]);
     let per_out = weight.len() / mean.len();
     for (o, chunk) in weight.chunks_mut(per_out).enumerate() {
         chunk.iter_mut().for_each(|w| *w /= std[o]);
@@ -186,8 +204,18 @@ pub fn build(model: &EfficientAd, metadata: &[(&str, String)]) -> Vec<u8> {
     let mut g = Builder::default();
     let channels = model.teacher.out_channels();
 
-    let x = g.op("Cast", "input/cast", &[INPUT_NAME], &[Attr::Int("to", DataType::Float as i64)]);
-    let x = g.op("Transpose", "input/nchw", &[&x], &[Attr::Ints("perm", vec![0, 3, 1, 2])]);
+    let x = g.op(
+        "Cast",
+        "input/cast",
+        &[INPUT_NAME],
+        &[Attr::Int("to", DataType::Float as i64)],
+    );
+    let x = g.op(
+        "Transpose",
+        "input/nchw",
+        &[&x],
+        &[Attr::Ints("perm", vec![0, 3, 1, 2])],
+    );
     let c255 = g.init_f32("input/255", &[], &[255.0]);
     let x = g.op("Div", "input/unit", &[&x, &c255], &[]);
     let mean = g.init_f32("input/mean", &[1, 3, 1, 1], &IMAGENET_MEAN);
@@ -195,7 +223,12 @@ pub fn build(model: &EfficientAd, metadata: &[(&str, String)]) -> Vec<u8> {
     let x = g.op("Sub", "input/centred", &[&x, &mean], &[]);
     let x = g.op("Div", "input/normalized", &[&x, &std], &[]);
 
-    let t = g.pdn("teacher", &x, &model.teacher, Some(folded_teacher_head(model)));
+    let t = g.pdn(
+        "teacher",
+        &x,
+        &model.teacher,
+        Some(folded_teacher_head(model)),
+    );
     let s = g.pdn("student", &x, &model.student, None);
 
     let encoder_last = model.autoencoder.encoder.len() - 1;
@@ -220,7 +253,11 @@ pub fn build(model: &EfficientAd, metadata: &[(&str, String)]) -> Vec<u8> {
         a = g.relu(&format!("{name}/relu"), &a);
     }
     let last = &model.autoencoder.decoder[model.autoencoder.decoder.len() - 1];
-    a = g.plain_conv(&format!("autoencoder/dec{}", model.autoencoder.decoder.len()), &a, last);
+    a = g.plain_conv(
+        &format!("autoencoder/dec{}", model.autoencoder.decoder.len()),
+        &a,
+        last,
+    );
 
     let s_st = g.slice_channels("head/student_st", &s, 0, channels);
     let s_ae = g.slice_channels("head/student_ae", &s, channels, 2 * channels);
@@ -230,9 +267,18 @@ pub fn build(model: &EfficientAd, metadata: &[(&str, String)]) -> Vec<u8> {
     let input = proto::value_info(
         INPUT_NAME,
         DataType::Uint8,
-        &[Dim::Named("N"), Dim::Fixed(IMAGE_SIZE), Dim::Fixed(IMAGE_SIZE), Dim::Fixed(3)],
+        &[
+            Dim::Named("N"),
+            Dim::Fixed(IMAGE_SIZE),
+            Dim::Fixed(IMAGE_SIZE),
+            Dim::Fixed(3),
+        ],
     );
-    let map_dims = [Dim::Named("N"), Dim::Fixed(OUTPUT_SIZE), Dim::Fixed(OUTPUT_SIZE)];
+    let map_dims = [
+        Dim::Named("N"),
+        Dim::Fixed(OUTPUT_SIZE),
+        Dim::Fixed(OUTPUT_SIZE),
+    ];
     let outputs = [
         proto::value_info(OUTPUT_ST, DataType::Float, &map_dims),
         proto::value_info(OUTPUT_AE, DataType::Float, &map_dims),

@@ -96,7 +96,12 @@ impl PdnConfig {
         let [w1, w2, w3, w4] = self.widths();
         let out = self.out_channels;
         let (conv3, conv4, conv5, conv6) = match self.variant {
-            Variant::Small => (conv(w2, w3, 3, device), conv(w3, out, 4, device), None, None),
+            Variant::Small => (
+                conv(w2, w3, 3, device),
+                conv(w3, out, 4, device),
+                None,
+                None,
+            ),
             Variant::Medium => (
                 conv(w2, w3, 1, device),
                 conv(w3, w4, 3, device),
