@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::anomaly::{MapNormalization, map_quantiles, quantile_sorted, score};
+use crate::batch::{Outcome as ImageOutcome, RunOptions, list_images, run_files};
 use crate::bundle::Bundle;
+use crate::engine::{Engine, Provider};
 
 /// Version of the calibration format this runtime writes and reads.
 pub const CALIBRATION_FORMAT_VERSION: u32 = 1;
@@ -48,6 +50,14 @@ pub enum CalibrationError {
         "the validation maps are constant ({which}: q_a = q_b = {value}); the model or the images are degenerate and cannot be normalized"
     )]
     Degenerate { which: &'static str, value: f64 },
+    #[error("{0} does not exist or is not a folder")]
+    NoFolder(PathBuf),
+    #[error("{path} holds no images ({})", crate::batch::IMAGE_EXTENSIONS.join(", "))]
+    EmptyFolder { path: PathBuf },
+    #[error("cannot list {path}: {reason}")]
+    List { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Engine(String),
     #[error("cannot write calibration {path}: {reason}")]
     Write { path: PathBuf, reason: String },
 }
@@ -306,6 +316,117 @@ impl Calibration {
             Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
         )
     }
+}
+
+/// Images to calibrate on, with the name the calibration file records for them.
+pub struct ImageSet {
+    pub label: String,
+    pub files: Vec<PathBuf>,
+}
+
+impl ImageSet {
+    /// The image files of a folder.
+    pub fn folder(dir: &Path) -> Result<Self, CalibrationError> {
+        if !dir.is_dir() {
+            return Err(CalibrationError::NoFolder(dir.to_owned()));
+        }
+        let files = list_images(&[dir.to_owned()]).map_err(|e| CalibrationError::List {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if files.is_empty() {
+            return Err(CalibrationError::EmptyFolder {
+                path: dir.to_owned(),
+            });
+        }
+        Ok(Self {
+            label: dir.display().to_string(),
+            files,
+        })
+    }
+}
+
+/// Per-image progress of a calibration run.
+pub enum Progress<'a> {
+    Done,
+    Skipped(&'a Path, &'a str),
+}
+
+/// Precision a provider computes in.
+pub fn precision(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Tensorrt => "fp16",
+        _ => "fp32",
+    }
+}
+
+fn run_maps(
+    engine: &mut Engine,
+    files: &[PathBuf],
+    batch: usize,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> (Vec<MapPair>, usize) {
+    let mut maps = Vec::with_capacity(files.len());
+    let mut failed = 0;
+    let options = RunOptions {
+        batch,
+        keep_images: false,
+    };
+    run_files(engine, files, options, |outcome| match outcome {
+        ImageOutcome::Maps(m) => {
+            maps.push(MapPair { st: m.st, ae: m.ae });
+            progress(Progress::Done);
+        }
+        ImageOutcome::Error { path, error } => {
+            failed += 1;
+            progress(Progress::Skipped(&path, &error));
+        }
+    });
+    (maps, failed)
+}
+
+/// Runs the model over normal (and optionally anomalous) images and builds the calibration.
+/// Unreadable images are reported through `progress`, counted, and left out.
+pub fn calibrate_files(
+    engine: &mut Engine,
+    bundle: &Bundle,
+    normal: &ImageSet,
+    anomalous: Option<&ImageSet>,
+    false_reject_rate: f64,
+    batch: usize,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Calibration, CalibrationError> {
+    let (normal_maps, failed) = run_maps(engine, &normal.files, batch, progress);
+    if normal_maps.is_empty() {
+        return Err(CalibrationError::NoImages { failed });
+    }
+    let (anomalous_maps, anomalous_failed) = match anomalous {
+        Some(set) => run_maps(engine, &set.files, batch, progress),
+        None => (Vec::new(), 0),
+    };
+    let computed = compute(&normal_maps, &anomalous_maps, false_reject_rate)?;
+    let scores =
+        ScoreSummary::of(&computed.normal_scores).ok_or(CalibrationError::NoImages { failed })?;
+    Ok(Calibration {
+        format_version: CALIBRATION_FORMAT_VERSION,
+        model_name: bundle.info.name.clone(),
+        model_sha256: bundle.info.model_sha256.clone(),
+        provider: engine.provider().to_string(),
+        precision: precision(engine.provider()).into(),
+        validation: ValidationSet {
+            folder: normal.label.clone(),
+            images: normal_maps.len(),
+            failed: failed + anomalous_failed,
+            anomalous_folder: anomalous.map(|a| a.label.clone()),
+            anomalous_images: anomalous_maps.len(),
+        },
+        normalization: computed.normalization,
+        threshold: computed.threshold,
+        threshold_rule: computed.rule,
+        scores,
+        anomalous_scores: ScoreSummary::of(&computed.anomalous_scores),
+        created_by: format!("efficientad {}", env!("CARGO_PKG_VERSION")),
+    })
 }
 
 #[cfg(test)]

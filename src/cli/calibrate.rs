@@ -1,17 +1,12 @@
 //! `efficientad calibrate`: run the model over normal validation images (and optionally
 //! anomalous ones) and write the calibration file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use clap::Args;
-use efficientad::batch::{Outcome as ImageOutcome, RunOptions, list_images, run_files};
 use efficientad::bundle::Bundle;
-use efficientad::calibration::{
-    CALIBRATION_FORMAT_VERSION, Calibration, DEFAULT_FALSE_REJECT_RATE, MapPair, ScoreSummary,
-    ValidationSet, compute,
-};
-use efficientad::engine::{Engine, Provider};
+use efficientad::calibration::{DEFAULT_FALSE_REJECT_RATE, ImageSet, Progress, calibrate_files};
+use efficientad::engine::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{EngineArgs, Outcome};
@@ -45,97 +40,52 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
-/// Precision the provider computes in.
-pub fn precision(provider: Provider) -> &'static str {
-    match provider {
-        Provider::Tensorrt => "fp16",
-        _ => "fp32",
-    }
-}
-
-/// Runs a folder and keeps the raw maps; failures are reported on stderr and counted.
-pub fn collect_maps(
-    engine: &mut Engine,
-    dir: &Path,
-    batch: usize,
-    what: &str,
-) -> anyhow::Result<(Vec<MapPair>, usize)> {
-    let files = list_images(&[dir.to_owned()])?;
-    if files.is_empty() {
-        bail!(
-            "{} holds no images ({})",
-            dir.display(),
-            efficientad::batch::IMAGE_EXTENSIONS.join(", ")
-        );
-    }
-    let bar = ProgressBar::new(files.len() as u64).with_style(
+fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
-    let mut maps = Vec::with_capacity(files.len());
-    let mut failed = 0;
-    let options = RunOptions {
-        batch,
-        keep_images: false,
-    };
-    run_files(engine, &files, options, |outcome| {
-        match outcome {
-            ImageOutcome::Maps(m) => maps.push(MapPair { st: m.st, ae: m.ae }),
-            ImageOutcome::Error { path, error } => {
-                failed += 1;
-                bar.suspend(|| eprintln!("efficientad: skipping {}: {error}", path.display()));
-            }
-        }
-        bar.inc(1);
-    });
-    bar.finish_and_clear();
-    Ok((maps, failed))
+    bar
 }
 
 pub fn run(args: CalibrateArgs) -> anyhow::Result<Outcome> {
     let bundle = Bundle::open(&args.engine.model)?;
     let mut engine = Engine::new(&bundle, &args.engine.engine_options())?;
-    let batch = usize::from(args.engine.batch);
-    let (normal, failed) = collect_maps(&mut engine, &args.images, batch, "normal")?;
-    if normal.is_empty() {
-        return Err(efficientad::calibration::CalibrationError::NoImages { failed }.into());
-    }
-    let (anomalous, anomalous_failed) = match &args.anomalous {
-        Some(dir) => collect_maps(&mut engine, dir, batch, "anomalous")?,
-        None => (Vec::new(), 0),
-    };
-    let computed = compute(&normal, &anomalous, args.false_reject_rate)?;
-    let calibration = Calibration {
-        format_version: CALIBRATION_FORMAT_VERSION,
-        model_name: bundle.info.name.clone(),
-        model_sha256: bundle.info.model_sha256.clone(),
-        provider: engine.provider().to_string(),
-        precision: precision(engine.provider()).into(),
-        validation: ValidationSet {
-            folder: args.images.display().to_string(),
-            images: normal.len(),
-            failed: failed + anomalous_failed,
-            anomalous_folder: args.anomalous.as_ref().map(|d| d.display().to_string()),
-            anomalous_images: anomalous.len(),
+    let normal = ImageSet::folder(&args.images)?;
+    let anomalous = args
+        .anomalous
+        .as_deref()
+        .map(ImageSet::folder)
+        .transpose()?;
+    let total = normal.files.len() + anomalous.as_ref().map_or(0, |a| a.files.len());
+    let bar = progress_bar(total as u64, "calibrate");
+    let calibration = calibrate_files(
+        &mut engine,
+        &bundle,
+        &normal,
+        anomalous.as_ref(),
+        args.false_reject_rate,
+        usize::from(args.engine.batch),
+        &mut |event| match event {
+            Progress::Done => bar.inc(1),
+            Progress::Skipped(path, error) => {
+                bar.inc(1);
+                bar.suspend(|| eprintln!("efficientad: skipping {}: {error}", path.display()));
+            }
         },
-        normalization: computed.normalization,
-        threshold: computed.threshold,
-        threshold_rule: computed.rule,
-        scores: ScoreSummary::of(&computed.normal_scores).context("no normal scores")?,
-        anomalous_scores: ScoreSummary::of(&computed.anomalous_scores),
-        created_by: format!("efficientad {}", env!("CARGO_PKG_VERSION")),
-    };
+    )?;
+    bar.finish_and_clear();
     calibration.save(&args.out)?;
     eprintln!(
         "efficientad: wrote {} ({} normal images{}, threshold {:.5}, provider {})",
         args.out.display(),
-        normal.len(),
-        if anomalous.is_empty() {
+        calibration.validation.images,
+        if calibration.validation.anomalous_images == 0 {
             String::new()
         } else {
-            format!(", {} anomalous", anomalous.len())
+            format!(", {} anomalous", calibration.validation.anomalous_images)
         },
         calibration.threshold,
         calibration.provider

@@ -2,6 +2,10 @@
 //! deployment graph. The runtime (`efficientad`) executes what this crate exports.
 
 pub mod checkpoint;
+pub mod data;
+pub mod distill;
 pub mod export;
+pub mod loss;
 pub mod model;
 pub mod teacher;
+pub mod train;

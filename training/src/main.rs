@@ -8,9 +8,14 @@ use anyhow::{Context, bail};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand};
 use efficientad_training::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
+use efficientad_training::data::Rng;
+use efficientad_training::distill::{DistillConfig, Event as DistillEvent, distill};
 use efficientad_training::export::export_bundle;
 use efficientad_training::model::{EfficientAd, PdnConfig, TEACHER_CHANNELS, Variant};
 use efficientad_training::teacher::import_teacher;
+use efficientad_training::train::FitConfig;
+
+mod fit;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +34,74 @@ fn parse_variant(text: &str) -> Result<Variant, String> {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Distill a PDN teacher from an ONNX backbone (input `image` [N,3,H,W] in [0,1]; a finer
+    /// and a coarser feature output) on natural images.
+    DistillTeacher {
+        /// The backbone ONNX file, e.g. efficientnet_lite0_features.onnx.
+        #[arg(long)]
+        backbone: PathBuf,
+        /// Folder of natural images (e.g. ImageNet samples).
+        #[arg(long)]
+        images: PathBuf,
+        #[arg(long, value_parser = parse_variant, default_value = "s")]
+        variant: Variant,
+        /// Optimizer steps (the paper: 60000).
+        #[arg(long, default_value_t = 60_000)]
+        steps: usize,
+        /// Images per step (the paper: 16).
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Images used for the target mean and std.
+        #[arg(long, default_value_t = 200)]
+        stats_images: usize,
+        /// Teacher checkpoint to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train student and autoencoder on the good images of an MVTec-layout dataset, export the
+    /// bundle to --out and calibrate it on validation/good (or 10% of train held out).
+    Fit {
+        /// Dataset folder: train/good (and validation/good) inside.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Teacher checkpoint (from import-teacher or distill-teacher).
+        #[arg(long)]
+        teacher: PathBuf,
+        /// Natural images for the penalty loss (e.g. ImageNet samples).
+        #[arg(long)]
+        penalty_images: PathBuf,
+        /// PDN size; must match the teacher.
+        #[arg(long, value_parser = parse_variant, default_value = "s")]
+        variant: Variant,
+        /// Training steps (the paper: 70000).
+        #[arg(long, default_value_t = 70_000)]
+        steps: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Bundle folder to write, e.g. onnx/my-part.
+        #[arg(long)]
+        out: PathBuf,
+        /// Working folder for checkpoints and the loss log (default runs/<name>).
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Calibration file to write (default calibration/<name>.json).
+        #[arg(long)]
+        calibration_out: Option<PathBuf>,
+        /// Save a checkpoint every N steps (and always on Ctrl-C and at the end).
+        #[arg(long, default_value_t = 1000)]
+        checkpoint_every: usize,
+        /// Continue the run from its last checkpoint in --work.
+        #[arg(long)]
+        resume: bool,
+        /// Use at most N penalty images (quick runs).
+        #[arg(long, hide = true)]
+        penalty_limit: Option<usize>,
+        /// Use at most N training images (quick runs).
+        #[arg(long, hide = true)]
+        train_limit: Option<usize>,
+    },
     /// Import a pretrained PDN teacher from a PyTorch state_dict (.pth), in either key style
     /// (`0.weight`… or `conv1.weight`…), into the project's checkpoint format.
     ImportTeacher {
@@ -83,6 +156,101 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let device = Device::flex();
     match cli.command {
+        Command::DistillTeacher {
+            backbone,
+            images,
+            variant,
+            steps,
+            batch,
+            seed,
+            stats_images,
+            out,
+        } => {
+            if batch == 0 {
+                bail!("--batch must be at least 1");
+            }
+            let config = DistillConfig {
+                backbone,
+                images,
+                variant,
+                steps,
+                batch,
+                seed,
+                stats_images,
+            };
+            let stop = efficientad_training::train::stop_flag();
+            let bar = indicatif::ProgressBar::new(steps as u64).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "distill [{bar:30}] {pos}/{len} {msg} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            let (teacher, info) = distill(&config, stop, &mut |event| match event {
+                DistillEvent::Stats { done, total } => {
+                    bar.set_message(format!("target statistics {done}/{total}"))
+                }
+                DistillEvent::Step {
+                    step,
+                    loss,
+                    images_per_second,
+                } => {
+                    bar.set_position(step as u64);
+                    bar.set_message(format!("loss {loss:.4} {images_per_second:.2} img/s"));
+                }
+                DistillEvent::Message(m) => bar.suspend(|| eprintln!("efficientad-train: {m}")),
+            })?;
+            bar.finish_and_clear();
+            checkpoint::save_teacher(&teacher, &info, &out)?;
+            eprintln!(
+                "efficientad-train: wrote distilled PDN-{variant} teacher to {}",
+                out.display()
+            );
+        }
+        Command::Fit {
+            dataset,
+            teacher,
+            penalty_images,
+            variant,
+            steps,
+            seed,
+            out,
+            work,
+            calibration_out,
+            checkpoint_every,
+            resume,
+            penalty_limit,
+            train_limit,
+        } => {
+            let name = out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .context("--out must name a bundle folder, e.g. onnx/my-part")?;
+            let teacher_info = checkpoint::read_info(&teacher)?;
+            if teacher_info.variant != variant {
+                bail!(
+                    "{} is a PDN-{} teacher, but --variant {variant} was given; train with --variant {} or use a PDN-{variant} teacher",
+                    teacher.display(),
+                    teacher_info.variant,
+                    teacher_info.variant
+                );
+            }
+            let config = FitConfig {
+                dataset,
+                teacher,
+                penalty_images,
+                steps,
+                seed,
+                work: work.unwrap_or_else(|| PathBuf::from("runs").join(&name)),
+                out,
+                checkpoint_every,
+                penalty_limit,
+                train_limit,
+            };
+            let calibration_out = calibration_out
+                .unwrap_or_else(|| PathBuf::from("calibration").join(format!("{name}.json")));
+            fit::run(&config, resume, &calibration_out)?;
+        }
         Command::ImportTeacher { pth, variant, out } => {
             let teacher = import_teacher(&pth, variant, &device)?;
             let sha256 = efficientad::bundle::file_sha256(&pth)
@@ -132,10 +300,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if width_divisor == 0 || !TEACHER_CHANNELS.is_multiple_of(width_divisor) {
                 bail!("--width-divisor {width_divisor} must divide 384");
             }
-            device.seed(seed);
             let config = PdnConfig::new(variant, TEACHER_CHANNELS / width_divisor)
                 .with_width_divisor(width_divisor);
             let mut model = EfficientAd::new(&config, &device);
+            model.init_weights(&mut Rng::new(seed), true, &device);
             if let Some(stats) = teacher_stats {
                 efficientad_training::model::set_teacher_stats_from_file(
                     &mut model, &stats, &device,

@@ -6,7 +6,10 @@ pub mod autoencoder;
 pub mod pdn;
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor};
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::data::Rng;
 
 pub use autoencoder::{Autoencoder, AutoencoderConfig};
 pub use pdn::{Pdn, PdnConfig, Variant};
@@ -111,6 +114,43 @@ impl EfficientAd {
         let st = (t - s_st).powi_scalar(2).mean_dim(1).reshape([n, h, w]);
         let ae = (a - s_ae).powi_scalar(2).mean_dim(1).reshape([n, h, w]);
         RawMaps { st, ae }
+    }
+}
+
+/// PyTorch's default convolution initialization, U(−1/√fan_in, 1/√fan_in) for weight and
+/// bias, drawn from the project's own seeded stream: Burn's generator is process-global, so
+/// two runs in one process (or a test suite) would otherwise not be reproducible.
+pub fn init_conv(conv: &mut Conv2d, rng: &mut Rng, device: &Device) {
+    let dims = conv.weight.dims();
+    let bound = 1.0 / ((dims[1] * dims[2] * dims[3]) as f64).sqrt();
+    let mut draw = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+            .collect()
+    };
+    let w = draw(dims.iter().product());
+    let b = draw(dims[0]);
+    conv.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, dims), device));
+    conv.bias = Some(Param::from_tensor(Tensor::from_data(
+        TensorData::new(b, [dims[0]]),
+        device,
+    )));
+}
+
+impl EfficientAd {
+    /// Re-initializes student and autoencoder from `rng` (and the teacher too when asked).
+    pub fn init_weights(&mut self, rng: &mut Rng, teacher_too: bool, device: &Device) {
+        if teacher_too {
+            for c in self.teacher.convs_mut() {
+                init_conv(c, rng, device);
+            }
+        }
+        for c in self.student.convs_mut() {
+            init_conv(c, rng, device);
+        }
+        for c in self.autoencoder.convs_mut() {
+            init_conv(c, rng, device);
+        }
     }
 }
 

@@ -187,9 +187,13 @@ fn random_model(
     seed: u64,
     device: &Device,
 ) -> (EfficientAd, CheckpointInfo) {
-    device.seed(seed);
     let config = PdnConfig::new(variant, TEACHER_CHANNELS / divisor).with_width_divisor(divisor);
     let mut model = EfficientAd::new(&config, device);
+    model.init_weights(
+        &mut efficientad_training::data::Rng::new(seed),
+        true,
+        device,
+    );
     let c = config.out_channels;
     let mean: Vec<f32> = (0..c)
         .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.01)
@@ -343,4 +347,483 @@ print("ok")
         .filter(|l| l.contains("[W:") || l.contains(" W:"))
         .collect();
     assert!(warnings.is_empty(), "ONNX Runtime warned: {warnings:#?}");
+}
+
+// ---- training (issue 4) ----
+
+use efficientad_training::data;
+use efficientad_training::distill::patch_target;
+use efficientad_training::train::{self, FitConfig, StepInputs, losses, teacher_raw};
+
+fn formula_weights(
+    convs: Vec<&mut burn::nn::conv::Conv2d>,
+    first: usize,
+    device: &Device,
+) -> usize {
+    let mut k = first;
+    for conv in convs {
+        let dims = conv.weight.dims();
+        let fan_in = (dims[1] * dims[2] * dims[3]) as f64;
+        let n: usize = dims.iter().product();
+        let w: Vec<f32> = (0..n)
+            .map(|j| ((0.7 * j as f64 + 1.3 * k as f64).sin() * 0.5 / fan_in.sqrt()) as f32)
+            .collect();
+        let b: Vec<f32> = (0..dims[0])
+            .map(|j| (0.1 * (0.3 * j as f64 + k as f64).cos()) as f32)
+            .collect();
+        conv.weight =
+            burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(w, dims), device));
+        conv.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(b, [dims[0]]),
+            device,
+        )));
+        k += 1;
+    }
+    k
+}
+
+fn pdn_convs(p: &mut efficientad_training::model::Pdn) -> Vec<&mut burn::nn::conv::Conv2d> {
+    vec![&mut p.conv1, &mut p.conv2, &mut p.conv3, &mut p.conv4]
+}
+
+/// The fixture's networks: PDN-S narrowed 16x and the full autoencoder, weights by formula.
+fn formula_model(device: &Device) -> EfficientAd {
+    let config = tiny_teacher_config(Variant::Small);
+    let mut model = EfficientAd::new(&config, device);
+    let k = formula_weights(pdn_convs(&mut model.teacher), 0, device);
+    let k = formula_weights(pdn_convs(&mut model.student), k, device);
+    let ae = &mut model.autoencoder;
+    let k = formula_weights(ae.encoder.iter_mut().collect(), k, device);
+    formula_weights(ae.decoder.iter_mut().collect(), k, device);
+    let c = config.out_channels;
+    let mean: Vec<f32> = (0..c).map(|i| (0.1 * (i as f64).sin()) as f32).collect();
+    let std: Vec<f32> = (0..c)
+        .map(|i| (1.0 + 0.5 * (i as f64).cos().powi(2)) as f32)
+        .collect();
+    set_teacher_stats(&mut model, &mean, &std, device).expect("stats");
+    model
+}
+
+fn formula_image(kind: &str, size: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(3 * size * size);
+    for c in 0..3 {
+        for y in 0..size {
+            for x in 0..size {
+                let (c, y, x) = (c as f64, y as f64, x as f64);
+                let v = if kind == "image" {
+                    0.5 + 0.4 * (0.05 * x * (c + 1.0) + 0.07 * y).sin()
+                } else {
+                    0.5 + 0.4 * (0.03 * x + 0.11 * y * (c + 1.0)).cos()
+                };
+                out.push(v as f32);
+            }
+        }
+    }
+    out
+}
+
+fn normalized_teacher(model: &EfficientAd, chw: &[f32], device: &Device) -> Vec<f32> {
+    let raw = teacher_raw(&model.teacher, chw, device);
+    let mean = to_vec(model.teacher_mean.val());
+    let std = to_vec(model.teacher_std.val());
+    let plane = raw.len() / mean.len();
+    raw.iter()
+        .enumerate()
+        .map(|(i, v)| (v - mean[i / plane]) / std[i / plane])
+        .collect()
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * b.abs().max(1e-12)
+}
+
+#[test]
+fn training_losses_equal_the_pytorch_reference_issue4() {
+    let device = Device::flex();
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("losses.json")).expect("fixture"))
+            .expect("json");
+    let f = |k: &str| fixture[k].as_f64().unwrap_or_else(|| panic!("{k}"));
+    let model = formula_model(&device);
+    let image = formula_image("image", 256);
+    let penalty = formula_image("penalty", 256);
+    let augmented: Vec<f32> = image.iter().map(|v| (v * 1.1).clamp(0.0, 1.0)).collect();
+    let t_image = normalized_teacher(&model, &image, &device);
+    let t_aug = normalized_teacher(&model, &augmented, &device);
+    let inputs = StepInputs {
+        image: &image,
+        teacher_image: &t_image,
+        penalty: &penalty,
+        augmented: &augmented,
+        teacher_augmented: &t_aug,
+    };
+    let (_, l, selection) = losses(&model, &inputs, None, &device);
+    // float32 networks in two frameworks: 1e-4 relative (SPEC tolerance for losses).
+    for (name, got, want) in [
+        ("hard", l.hard, f("hard")),
+        ("penalty", l.penalty, f("penalty")),
+        ("ae", l.ae, f("ae")),
+        ("stae", l.stae, f("stae")),
+        ("total", l.total, f("total")),
+    ] {
+        assert!(close(got, want, 1e-4), "{name}: {got} vs torch {want}");
+    }
+    assert!(
+        close(f64::from(selection.threshold), f("hard_quantile"), 1e-5),
+        "{selection:?}"
+    );
+    assert_eq!(
+        selection.selected as f64,
+        f("hard_selected"),
+        "hard loss selection"
+    );
+
+    // Independently: exactly the elements at or above the quantile are averaged.
+    let c = model.teacher.out_channels();
+    let s = to_vec(
+        model
+            .student
+            .forward(efficientad_training::model::imagenet_normalize(
+                Tensor::from_data(TensorData::new(image.clone(), [1, 3, 256, 256]), &device),
+            )),
+    );
+    let d: Vec<f32> = t_image
+        .iter()
+        .zip(&s[..c * 56 * 56])
+        .map(|(t, s)| (t - s) * (t - s))
+        .collect();
+    let chosen: Vec<f32> = d
+        .iter()
+        .copied()
+        .filter(|&v| v >= selection.threshold)
+        .collect();
+    assert_eq!(chosen.len(), selection.selected);
+    let mean = chosen.iter().map(|&v| f64::from(v)).sum::<f64>() / chosen.len() as f64;
+    assert!(close(l.hard, mean, 1e-5), "{} vs {mean}", l.hard);
+}
+
+#[test]
+fn distillation_target_and_loss_equal_the_pytorch_reference_issue4() {
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("losses.json")).expect("fixture"))
+            .expect("json");
+    let feat = |c: usize, h: usize, w: usize, a: f64| -> Vec<f32> {
+        (0..c * h * w)
+            .map(|i| (a * i as f64).sin() as f32)
+            .collect()
+    };
+    let target = patch_target(
+        &feat(8, 16, 16, 0.37),
+        (8, 16, 16),
+        &feat(12, 8, 8, 0.23),
+        (12, 8, 8),
+        16,
+        24,
+    );
+    let want: Vec<f32> = fixture["target"]
+        .as_array()
+        .expect("target")
+        .iter()
+        .map(|v| v.as_f64().expect("f") as f32)
+        .collect();
+    let err = rel_diff(&target, &want);
+    assert!(
+        err < 1e-5,
+        "distillation target differs from PatchCore-style torch reference: {err}"
+    );
+
+    // MSE of the padded teacher against the per-channel normalized target.
+    let device = Device::flex();
+    let mut teacher = formula_model(&device).teacher;
+    teacher.set_padding(true);
+    let plane = 16 * 16;
+    let mut normalized = target.clone();
+    for c in 0..24 {
+        let ch = &mut normalized[c * plane..(c + 1) * plane];
+        let m = ch.iter().map(|&v| f64::from(v)).sum::<f64>() / plane as f64;
+        let s = (ch.iter().map(|&v| (f64::from(v) - m).powi(2)).sum::<f64>() / plane as f64).sqrt();
+        ch.iter_mut()
+            .for_each(|v| *v = ((f64::from(*v) - m) / s) as f32);
+    }
+    let x = efficientad_training::model::imagenet_normalize(Tensor::from_data(
+        TensorData::new(formula_image("image", 64), [1, 3, 64, 64]),
+        &device,
+    ));
+    let out = teacher.forward(x);
+    let t = Tensor::<4>::from_data(TensorData::new(normalized, [1, 24, 16, 16]), &device);
+    let mse = to_vec(efficientad_training::loss::mse(out, t))[0];
+    let want = fixture["distill_mse"].as_f64().expect("mse");
+    assert!(
+        close(f64::from(mse), want, 1e-4),
+        "distillation loss {mse} vs torch {want}"
+    );
+}
+
+#[test]
+fn a_few_optimizer_steps_lower_the_loss_issue4() {
+    use burn::optim::{AdamConfig, GradientsParams};
+    let device = Device::flex().autodiff();
+    let plain = Device::flex();
+    let mut model = formula_model(&device);
+    let image = formula_image("image", 256);
+    let penalty = formula_image("penalty", 256);
+    let teacher_plain = formula_model(&plain);
+    let t_image = normalized_teacher(&teacher_plain, &image, &plain);
+    let inputs = StepInputs {
+        image: &image,
+        teacher_image: &t_image,
+        penalty: &penalty,
+        augmented: &image,
+        teacher_augmented: &t_image,
+    };
+    let mut opt_s = AdamConfig::new().init();
+    let mut opt_a = AdamConfig::new().init();
+    let mut history = Vec::new();
+    for _ in 0..6 {
+        let (total, l, _) = losses(&model, &inputs, None, &device);
+        history.push(l.total);
+        let mut grads = total.backward();
+        let gs = GradientsParams::from_module(&mut grads, &model.student);
+        let ga = GradientsParams::from_module(&mut grads, &model.autoencoder);
+        model.student = opt_s.step(1e-3, model.student, gs);
+        model.autoencoder = opt_a.step(1e-3, model.autoencoder, ga);
+    }
+    assert!(
+        history[5] < 0.8 * history[0],
+        "loss did not fall: {history:?}"
+    );
+}
+
+/// A tiny teacher checkpoint (the 16x narrowed PDN-S fixture) and a small MTD-shaped dataset.
+fn tiny_setup(
+    name: &str,
+    validation: bool,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let dir = temp_dir(name);
+    let device = Device::flex();
+    let teacher = import_pdn(
+        &fixture("pdn_s_named.pth"),
+        tiny_teacher_config(Variant::Small),
+        &device,
+    )
+    .expect("import");
+    let info = CheckpointInfo {
+        kind: Kind::Teacher,
+        variant: Variant::Small,
+        width_divisor: FIXTURE_DIVISOR,
+        teacher: TeacherProvenance::Imported {
+            file: "pdn_s_named.pth".into(),
+            sha256: "fixture".into(),
+        },
+        training: serde_json::Value::Null,
+    };
+    let teacher_path = dir.join("teacher.bpk");
+    checkpoint::save_teacher(&teacher, &info, &teacher_path).expect("save teacher");
+    let dataset = dir.join("data");
+    let mtd = shared_data().join("mtd");
+    let copy = |from: &str, to: &str, n: usize| {
+        std::fs::create_dir_all(dataset.join(to)).expect("dir");
+        let mut files: Vec<_> = std::fs::read_dir(mtd.join(from))
+            .expect("mtd")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        for f in files.iter().take(n) {
+            std::fs::copy(f, dataset.join(to).join(f.file_name().expect("name"))).expect("copy");
+        }
+    };
+    copy("train/good", "train/good", 5);
+    if validation {
+        copy("validation/good", "validation/good", 3);
+    }
+    let penalty = dir.join("penalty");
+    std::fs::create_dir_all(&penalty).expect("dir");
+    let mut natural: Vec<_> = std::fs::read_dir(shared_data().join("imagenet-sample"))
+        .expect("imagenet-sample")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    natural.sort();
+    for f in natural.iter().take(3) {
+        std::fs::copy(f, penalty.join(f.file_name().expect("name"))).expect("copy");
+    }
+    (teacher_path, dataset, penalty)
+}
+
+fn fit_config(
+    teacher: &std::path::Path,
+    dataset: &std::path::Path,
+    penalty: &std::path::Path,
+    work: &std::path::Path,
+    steps: usize,
+) -> FitConfig {
+    FitConfig {
+        dataset: dataset.to_owned(),
+        teacher: teacher.to_owned(),
+        penalty_images: penalty.to_owned(),
+        steps,
+        seed: 3,
+        out: work.join("bundle"),
+        work: work.to_owned(),
+        checkpoint_every: 2,
+        penalty_limit: None,
+        train_limit: None,
+    }
+}
+
+#[test]
+fn resume_after_interrupt_equals_an_uninterrupted_run_issue4() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (teacher, dataset, penalty) = tiny_setup("resume", true);
+    let base = teacher.parent().expect("dir").to_owned();
+    // Uninterrupted: 5 steps.
+    let whole = fit_config(&teacher, &dataset, &penalty, &base.join("whole"), 5);
+    let a =
+        train::train(&whole, false, Arc::new(AtomicBool::new(false)), &mut |_| {}).expect("train");
+    // Interrupted after step 3 (as Ctrl-C would), then resumed to 5.
+    let split = fit_config(&teacher, &dataset, &penalty, &base.join("split"), 5);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let first = train::train(&split, false, stop, &mut |e| {
+        if let train::Event::Step { step: 3, .. } = e {
+            flag.store(true, Ordering::SeqCst);
+        }
+    })
+    .expect("first part");
+    assert!(first.interrupted && first.state.step == 3);
+    let b = train::train(&split, true, Arc::new(AtomicBool::new(false)), &mut |_| {})
+        .expect("resumed part");
+    assert_eq!(b.state.step, 5);
+    assert_eq!(
+        a.state.last_losses, b.state.last_losses,
+        "losses of the last step differ"
+    );
+    let weights = |m: &EfficientAd| {
+        let mut v = Vec::new();
+        for (_, c) in m.student.convs() {
+            v.extend(to_vec(c.weight.val()));
+        }
+        for c in m.autoencoder.encoder.iter().chain(&m.autoencoder.decoder) {
+            v.extend(to_vec(c.weight.val()));
+        }
+        v
+    };
+    assert!(
+        weights(&a.model) == weights(&b.model),
+        "resumed weights differ from the uninterrupted run"
+    );
+    // The log has one line per step of each part.
+    assert_eq!(train::read_log(&base.join("split/log.jsonl")).len(), 5);
+}
+
+#[test]
+fn short_fit_writes_a_bundle_and_calibration_the_runtime_loads_issue4() {
+    let (teacher, dataset, penalty) = tiny_setup("fit-cli", true);
+    let base = teacher.parent().expect("dir").to_owned();
+    let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+        .args([
+            "fit",
+            "--steps",
+            "3",
+            "--seed",
+            "1",
+            "--variant",
+            "s",
+            "--teacher",
+        ])
+        .arg(&teacher)
+        .arg("--dataset")
+        .arg(&dataset)
+        .arg("--penalty-images")
+        .arg(&penalty)
+        .arg("--out")
+        .arg(base.join("onnx/tiny"))
+        .arg("--work")
+        .arg(base.join("runs/tiny"))
+        .arg("--calibration-out")
+        .arg(base.join("calibration/tiny.json"))
+        .output()
+        .expect("run fit");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bundle = Bundle::open(&base.join("onnx/tiny")).expect("bundle opens");
+    assert_eq!(bundle.info.training["steps"], 3);
+    assert_eq!(bundle.info.training["seed"], 1);
+    assert!(
+        bundle.info.training["final_losses"]["total"]
+            .as_f64()
+            .is_some()
+    );
+    let calibration = efficientad::calibration::Calibration::load_for(
+        &base.join("calibration/tiny.json"),
+        &bundle,
+    )
+    .expect("calibration belongs to the bundle");
+    assert_eq!(calibration.validation.images, 3);
+    let mut engine = cpu_engine(&bundle);
+    let batch = batch_u8(&mtd_images(1), 256);
+    let maps = engine
+        .run(&batch, 1)
+        .expect("runtime runs the trained bundle");
+    assert!(maps.st.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn fit_errors_are_clear_issue4() {
+    let (teacher, dataset, penalty) = tiny_setup("fit-errors", false);
+    let base = teacher.parent().expect("dir").to_owned();
+    let fit = |args: &[&str], dataset: &std::path::Path| {
+        let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+            .args(["fit", "--steps", "1", "--teacher"])
+            .arg(&teacher)
+            .arg("--dataset")
+            .arg(dataset)
+            .arg("--penalty-images")
+            .arg(&penalty)
+            .arg("--out")
+            .arg(base.join("onnx/x"))
+            .arg("--work")
+            .arg(base.join("runs/x"))
+            .args(args)
+            .output()
+            .expect("run fit");
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    };
+    let e = fit(&["--variant", "m"], &dataset);
+    assert!(
+        e.contains("PDN-s teacher") && e.contains("--variant m"),
+        "{e}"
+    );
+    let e = fit(&[], &base.join("nowhere"));
+    assert!(e.contains("nowhere/train/good does not exist"), "{e}");
+    // 5 training images, no validation/good: too few to hold out 10%.
+    let e = fit(&[], &dataset);
+    assert!(
+        e.contains("holding out 10% for validation needs at least 10"),
+        "{e}"
+    );
+    // An empty folder.
+    let empty = base.join("empty");
+    std::fs::create_dir_all(empty.join("train/good")).expect("dir");
+    let e = fit(&[], &empty);
+    assert!(e.contains("holds no readable images"), "{e}");
+}
+
+#[test]
+fn unreadable_training_images_are_skipped_and_counted_issue4() {
+    let dir = temp_dir("unreadable");
+    let files: Vec<_> = mtd_images(2);
+    let bad = dir.join("broken.jpg");
+    std::fs::write(&bad, b"garbage").expect("write");
+    let mut all = files.clone();
+    all.push(bad);
+    let set = data::load_images(&all, 256, None, || {});
+    assert_eq!(set.pixels.len(), 2);
+    assert_eq!(set.skipped, 1);
 }

@@ -4,11 +4,13 @@
 
 use burn::config::Config;
 use burn::module::Module;
+use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::interpolate::{Interpolate2dConfig, InterpolateMode};
-use burn::nn::{Dropout, DropoutConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::data::Rng;
 
 /// Decoder resize targets for a 256x256 input (SPEC: 3, 8, 15, 32, 63, 127).
 pub const DECODER_SIZES: [usize; 6] = [3, 8, 15, 32, 63, 127];
@@ -29,7 +31,6 @@ pub struct Autoencoder {
     pub encoder: Vec<Conv2d>,
     /// Six 4x4 stage convolutions, then the two 3x3 output convolutions.
     pub decoder: Vec<Conv2d>,
-    pub dropout: Dropout,
 }
 
 impl AutoencoderConfig {
@@ -56,11 +57,7 @@ impl AutoencoderConfig {
         let mut decoder: Vec<Conv2d> = (0..6).map(|_| enc(64, 64, 4, 1, 2)).collect();
         decoder.push(enc(64, 64, 3, 1, 1));
         decoder.push(enc(64, self.out_channels, 3, 1, 1));
-        Autoencoder {
-            encoder,
-            decoder,
-            dropout: DropoutConfig::new(DROPOUT).init(),
-        }
+        Autoencoder { encoder, decoder }
     }
 }
 
@@ -76,10 +73,22 @@ pub fn resize(x: Tensor<4>, size: usize) -> Tensor<4> {
 }
 
 impl Autoencoder {
+    /// Inference forward (no dropout).
+    ///
     /// # Shapes
     /// - input: `[N, 3, 256, 256]`, ImageNet-normalized.
     /// - output: `[N, C, 56, 56]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.run(x, None)
+    }
+
+    /// Training forward: dropout after each decoder stage, its masks drawn from `rng` (not
+    /// from the backend's generator, so a seeded or resumed run repeats them exactly).
+    pub fn forward_train(&self, x: Tensor<4>, rng: &mut Rng) -> Tensor<4> {
+        self.run(x, Some(rng))
+    }
+
+    fn run(&self, x: Tensor<4>, mut rng: Option<&mut Rng>) -> Tensor<4> {
         let last = self.encoder.len() - 1;
         let mut x = x;
         for (i, conv) in self.encoder.iter().enumerate() {
@@ -89,10 +98,30 @@ impl Autoencoder {
             }
         }
         for (conv, size) in self.decoder.iter().zip(DECODER_SIZES) {
-            x = self.dropout.forward(relu(conv.forward(resize(x, size))));
+            x = relu(conv.forward(resize(x, size)));
+            if let Some(rng) = rng.as_deref_mut() {
+                x = dropout(x, rng);
+            }
         }
         let x = resize(x, OUTPUT_SIZE);
         let x = relu(self.decoder[6].forward(x));
         self.decoder[7].forward(x)
     }
+
+    /// All convolutions, encoder first.
+    pub fn convs_mut(&mut self) -> impl Iterator<Item = &mut Conv2d> {
+        self.encoder.iter_mut().chain(self.decoder.iter_mut())
+    }
+}
+
+/// Inverted dropout with probability [`DROPOUT`]: kept values are scaled by 1/(1 − p).
+fn dropout(x: Tensor<4>, rng: &mut Rng) -> Tensor<4> {
+    let dims = x.dims();
+    let keep = 1.0 - DROPOUT;
+    let scale = (1.0 / keep) as f32;
+    let mask: Vec<f32> = (0..dims.iter().product::<usize>())
+        .map(|_| if rng.uniform() < keep { scale } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_data(TensorData::new(mask, dims), &x.device());
+    x * mask
 }

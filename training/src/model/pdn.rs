@@ -176,6 +176,19 @@ impl Pdn {
         out
     }
 
+    /// The convolutions in order, mutable.
+    pub fn convs_mut(&mut self) -> Vec<&mut Conv2d> {
+        let mut out = vec![
+            &mut self.conv1,
+            &mut self.conv2,
+            &mut self.conv3,
+            &mut self.conv4,
+        ];
+        out.extend(self.conv5.as_mut());
+        out.extend(self.conv6.as_mut());
+        out
+    }
+
     /// # Shapes
     /// - input: `[N, 3, H, W]`, ImageNet-normalized.
     /// - output: `[N, C, H/4 - 8, W/4 - 8]` with padding off, `[N, C, H/4, W/4]` with padding on.

@@ -1,0 +1,395 @@
+//! Teacher distillation (SPEC.md, Teacher): a PDN with padding on learns to reproduce the
+//! normalized patch features of a frozen ImageNet backbone run through ONNX Runtime.
+//!
+//! Target per image (DESIGN.md backbone contract: `image` [N,3,H,W] in [0,1] → a finer and a
+//! coarser feature map): each map is unfolded into 3x3 patches (padding 1); every position's
+//! C·9 vector is adaptive-average-pooled to 1024; the coarse result is bilinearly upsampled
+//! (half-pixel) to the fine grid; the two 1024-vectors are concatenated and pooled to 384.
+//! Pooling over features and upsampling over space are both linear and act on different axes,
+//! so pooling the coarse map before upsampling gives the same target at a quarter of the work.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor, TensorData};
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
+use crate::data::{self, Rng};
+use crate::model::{IMAGE_SIZE, Pdn, PdnConfig, TEACHER_CHANNELS, Variant, imagenet_normalize};
+
+/// Backbone input side (the paper: 512, giving 64x64 and 32x32 feature grids).
+pub const BACKBONE_SIZE: usize = 512;
+/// Per-layer pooled dimension.
+pub const POOL_DIM: usize = 1024;
+/// Probability that both views of a distillation image turn grayscale.
+pub const GRAY_P: f64 = 0.1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DistillError {
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("backbone {path}: {reason}")]
+    Backbone { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Adaptive average pooling of a vector to `out` bins (PyTorch's bin edges).
+pub fn adaptive_pool(input: &[f32], out: usize, dst: &mut [f32]) {
+    let n = input.len();
+    for (i, d) in dst.iter_mut().enumerate().take(out) {
+        let start = i * n / out;
+        let end = ((i + 1) * n).div_ceil(out);
+        let sum: f32 = input[start..end].iter().sum();
+        *d = sum / (end - start) as f32;
+    }
+}
+
+/// Unfolds 3x3 patches (padding 1) of a `[c, h, w]` map and pools each position's `c·9`
+/// vector (index c·9 + ky·3 + kx, as F.unfold) to `dim`: returns `[h·w, dim]`.
+pub fn unfold_pool(feat: &[f32], c: usize, h: usize, w: usize, dim: usize) -> Vec<f32> {
+    let mut out = vec![0f32; h * w * dim];
+    let mut v = vec![0f32; c * 9];
+    for y in 0..h {
+        for x in 0..w {
+            for ch in 0..c {
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let (sy, sx) = (y as isize + ky as isize - 1, x as isize + kx as isize - 1);
+                        v[ch * 9 + ky * 3 + kx] =
+                            if sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w {
+                                feat[ch * h * w + sy as usize * w + sx as usize]
+                            } else {
+                                0.0
+                            };
+                    }
+                }
+            }
+            let p = y * w + x;
+            adaptive_pool(&v, dim, &mut out[p * dim..(p + 1) * dim]);
+        }
+    }
+    out
+}
+
+/// Half-pixel bilinear resize of `[h·w, dim]` position-major vectors to `[th·tw, dim]`.
+fn upsample_positions(
+    src: &[f32],
+    h: usize,
+    w: usize,
+    dim: usize,
+    th: usize,
+    tw: usize,
+) -> Vec<f32> {
+    let axis = |dst: usize, n: usize| -> Vec<(usize, usize, f32)> {
+        (0..dst)
+            .map(|i| {
+                let s = ((i as f64 + 0.5) * n as f64 / dst as f64 - 0.5).max(0.0);
+                let lo = (s.floor() as usize).min(n - 1);
+                (lo, (lo + 1).min(n - 1), (s - lo as f64) as f32)
+            })
+            .collect()
+    };
+    let (ys, xs) = (axis(th, h), axis(tw, w));
+    let mut out = vec![0f32; th * tw * dim];
+    for (ty, &(y0, y1, fy)) in ys.iter().enumerate() {
+        for (tx, &(x0, x1, fx)) in xs.iter().enumerate() {
+            let o = &mut out[(ty * tw + tx) * dim..(ty * tw + tx + 1) * dim];
+            let at = |y: usize, x: usize| &src[(y * w + x) * dim..(y * w + x + 1) * dim];
+            let (a, b, c, d) = (at(y0, x0), at(y0, x1), at(y1, x0), at(y1, x1));
+            for k in 0..dim {
+                let top = a[k] + (b[k] - a[k]) * fx;
+                let bottom = c[k] + (d[k] - c[k]) * fx;
+                o[k] = top + (bottom - top) * fy;
+            }
+        }
+    }
+    out
+}
+
+/// The distillation target `[out, h1·w1]` (channel-major) from fine `[c1, h1, w1]` and coarse
+/// `[c2, h2, w2]` backbone features.
+#[allow(clippy::too_many_arguments)]
+pub fn patch_target(
+    fine: &[f32],
+    (c1, h1, w1): (usize, usize, usize),
+    coarse: &[f32],
+    (c2, h2, w2): (usize, usize, usize),
+    dim: usize,
+    out: usize,
+) -> Vec<f32> {
+    let f = unfold_pool(fine, c1, h1, w1, dim);
+    let c = upsample_positions(&unfold_pool(coarse, c2, h2, w2, dim), h2, w2, dim, h1, w1);
+    let positions = h1 * w1;
+    let mut target = vec![0f32; out * positions];
+    let mut both = vec![0f32; 2 * dim];
+    let mut pooled = vec![0f32; out];
+    for p in 0..positions {
+        both[..dim].copy_from_slice(&f[p * dim..(p + 1) * dim]);
+        both[dim..].copy_from_slice(&c[p * dim..(p + 1) * dim]);
+        adaptive_pool(&both, out, &mut pooled);
+        for (k, v) in pooled.iter().enumerate() {
+            target[k * positions + p] = *v;
+        }
+    }
+    target
+}
+
+/// The frozen backbone in ONNX Runtime.
+pub struct Backbone {
+    session: Session,
+    path: PathBuf,
+}
+
+impl Backbone {
+    pub fn open(path: &Path) -> Result<Self, DistillError> {
+        let err = |e: &dyn std::fmt::Display| DistillError::Backbone {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        let lib = efficientad::ortlib::load().map_err(|e| err(&e))?;
+        let session = Session::builder(&lib.environment)
+            .map_err(|e| err(&e))?
+            .commit_from_file(path)
+            .map_err(|e| err(&e))?;
+        let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        if session.inputs().first().map(|i| i.name()) != Some("image") || names.len() < 2 {
+            return Err(err(&format!(
+                "expected input `image` and a finer and a coarser feature output, found outputs {names:?}"
+            )));
+        }
+        Ok(Self {
+            session,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Targets for a batch of CHW images at `BACKBONE_SIZE`², each `[384, 64·64]`.
+    pub fn targets(&mut self, batch: &[f32], n: usize) -> Result<Vec<Vec<f32>>, DistillError> {
+        let s = BACKBONE_SIZE;
+        let path = self.path.clone();
+        let error = |e: &dyn std::fmt::Display| DistillError::Backbone {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let input = TensorRef::from_array_view(([n, 3, s, s], batch)).map_err(|e| error(&e))?;
+        let outputs = self
+            .session
+            .run(ort::inputs!["image" => input])
+            .map_err(|e| error(&e))?;
+        let (fine_shape, fine) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| error(&e))?;
+        let (coarse_shape, coarse) = outputs[1]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| error(&e))?;
+        let dims = |s: &ort::value::Shape| -> (usize, usize, usize) {
+            (s[1] as usize, s[2] as usize, s[3] as usize)
+        };
+        let (fd, cd) = (dims(fine_shape), dims(coarse_shape));
+        let (fl, cl) = (fd.0 * fd.1 * fd.2, cd.0 * cd.1 * cd.2);
+        Ok((0..n)
+            .map(|i| {
+                patch_target(
+                    &fine[i * fl..(i + 1) * fl],
+                    fd,
+                    &coarse[i * cl..(i + 1) * cl],
+                    cd,
+                    POOL_DIM,
+                    TEACHER_CHANNELS,
+                )
+            })
+            .collect())
+    }
+}
+
+/// Settings of a distillation run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DistillConfig {
+    pub backbone: PathBuf,
+    pub images: PathBuf,
+    pub variant: Variant,
+    pub steps: usize,
+    pub batch: usize,
+    pub seed: u64,
+    /// Images used for the target mean/std.
+    pub stats_images: usize,
+}
+
+pub enum Event<'a> {
+    Stats {
+        done: usize,
+        total: usize,
+    },
+    Step {
+        step: usize,
+        loss: f64,
+        images_per_second: f64,
+    },
+    Message(&'a str),
+}
+
+/// One image in both views: backbone input (512²) and PDN input (256²), CHW in [0, 1].
+fn views(path: &Path, gray: bool) -> Result<(Vec<f32>, Vec<f32>), String> {
+    let img = efficientad::preprocess::decode_file(path).map_err(|e| e.to_string())?;
+    let mut big = efficientad::preprocess::Preprocessor::new(BACKBONE_SIZE);
+    let mut small = efficientad::preprocess::Preprocessor::new(IMAGE_SIZE);
+    let mut b = data::to_chw(
+        &big.prepare_vec(img.clone()).map_err(|e| e.to_string())?,
+        BACKBONE_SIZE,
+    );
+    let mut s = data::to_chw(
+        &small.prepare_vec(img).map_err(|e| e.to_string())?,
+        IMAGE_SIZE,
+    );
+    if gray {
+        data::grayscale(&mut b);
+        data::grayscale(&mut s);
+    }
+    Ok((b, s))
+}
+
+/// Distills a teacher; returns it (padding off) with its checkpoint description.
+pub fn distill(
+    config: &DistillConfig,
+    stop: Arc<AtomicBool>,
+    events: &mut dyn FnMut(Event<'_>),
+) -> Result<(Pdn, CheckpointInfo), DistillError> {
+    let files = data::folder_files(&config.images)?;
+    let mut backbone = Backbone::open(&config.backbone)?;
+    let device = Device::flex().autodiff();
+    let mut rng = Rng::new(config.seed);
+    let mut pdn = PdnConfig::new(config.variant, TEACHER_CHANNELS)
+        .with_padding(true)
+        .init(&device);
+    for conv in pdn.convs_mut() {
+        crate::model::init_conv(conv, &mut rng, &device);
+    }
+
+    // Target statistics over the first images.
+    let stats_files: Vec<&PathBuf> = files.iter().take(config.stats_images.max(1)).collect();
+    let mut sum = vec![0f64; TEACHER_CHANNELS];
+    let mut sq = vec![0f64; TEACHER_CHANNELS];
+    let mut count = 0f64;
+    for (i, f) in stats_files.iter().enumerate() {
+        match views(f, false) {
+            Ok((big, _)) => {
+                let t = backbone.targets(&big, 1)?.remove(0);
+                let plane = t.len() / TEACHER_CHANNELS;
+                for c in 0..TEACHER_CHANNELS {
+                    for &v in &t[c * plane..(c + 1) * plane] {
+                        sum[c] += f64::from(v);
+                        sq[c] += f64::from(v) * f64::from(v);
+                    }
+                }
+                count += plane as f64;
+            }
+            Err(e) => events(Event::Message(&format!("skipping {}: {e}", f.display()))),
+        }
+        events(Event::Stats {
+            done: i + 1,
+            total: stats_files.len(),
+        });
+    }
+    if count == 0.0 {
+        return Err(DistillError::Other(format!(
+            "no readable image in {}",
+            config.images.display()
+        )));
+    }
+    let mean: Vec<f32> = sum.iter().map(|s| (s / count) as f32).collect();
+    let std: Vec<f32> = sq
+        .iter()
+        .zip(&sum)
+        .map(|(q, s)| ((q / count - (s / count).powi(2)).max(0.0).sqrt() as f32).max(1e-6))
+        .collect();
+
+    let mut optim = AdamConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(Some(WeightDecayConfig::new(1e-5)))
+        .init();
+    let grid = BACKBONE_SIZE / 8;
+    let mut step = 0;
+    while step < config.steps {
+        if stop.load(Ordering::SeqCst) {
+            events(Event::Message(&format!(
+                "interrupted at step {step}; saving the teacher as it is"
+            )));
+            break;
+        }
+        let t0 = Instant::now();
+        let mut big = Vec::with_capacity(config.batch * 3 * BACKBONE_SIZE * BACKBONE_SIZE);
+        let mut small = Vec::with_capacity(config.batch * 3 * IMAGE_SIZE * IMAGE_SIZE);
+        let mut n = 0;
+        while n < config.batch {
+            let f = &files[rng.below(files.len())];
+            let gray = rng.uniform() < GRAY_P;
+            match views(f, gray) {
+                Ok((b, s)) => {
+                    big.extend(b);
+                    small.extend(s);
+                    n += 1;
+                }
+                Err(e) => events(Event::Message(&format!("skipping {}: {e}", f.display()))),
+            }
+        }
+        let mut target = Vec::with_capacity(n * TEACHER_CHANNELS * grid * grid);
+        for t in backbone.targets(&big, n)? {
+            let plane = t.len() / TEACHER_CHANNELS;
+            target.extend(
+                t.iter()
+                    .enumerate()
+                    .map(|(i, v)| (v - mean[i / plane]) / std[i / plane]),
+            );
+        }
+        let target = Tensor::<4>::from_data(
+            TensorData::new(target, [n, TEACHER_CHANNELS, grid, grid]),
+            &device,
+        );
+        let x = imagenet_normalize(Tensor::from_data(
+            TensorData::new(small, [n, 3, IMAGE_SIZE, IMAGE_SIZE]),
+            &device,
+        ));
+        let loss = crate::loss::mse(pdn.forward(x), target);
+        let value = loss
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .ok()
+            .and_then(|v| v.first().copied())
+            .unwrap_or(f32::NAN);
+        let mut grads = loss.backward();
+        let g = GradientsParams::from_module(&mut grads, &pdn);
+        pdn = optim.step(1e-4, pdn, g);
+        step += 1;
+        events(Event::Step {
+            step,
+            loss: f64::from(value),
+            images_per_second: n as f64 / t0.elapsed().as_secs_f64(),
+        });
+    }
+    let mut teacher = pdn.valid();
+    teacher.set_padding(false);
+    let info = CheckpointInfo {
+        kind: Kind::Teacher,
+        variant: config.variant,
+        width_divisor: 1,
+        teacher: TeacherProvenance::Distilled {
+            backbone: config.backbone.display().to_string(),
+            backbone_sha256: efficientad::bundle::file_sha256(&config.backbone).unwrap_or_default(),
+            images: config.images.display().to_string(),
+            steps: step,
+        },
+        training: serde_json::json!({"batch": config.batch, "seed": config.seed, "stats_images": config.stats_images}),
+    };
+    Ok((teacher, info))
+}
