@@ -3,9 +3,12 @@
 
 mod bench;
 mod calibrate;
+mod demo;
 mod doctor;
 mod eval;
 mod infer;
+mod run;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +30,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the shipped model on the shipped sample parts: JSON lines, heatmaps, a summary.
+    Demo {
+        /// Execution provider (auto: TensorRT, CUDA, then CPU).
+        #[arg(long, value_enum, default_value_t = Provider::Auto)]
+        provider: Provider,
+    },
+    /// Watch a camera (or a dir: source) and answer triggers from stdin, one JSON line each.
+    Run(run::RunArgs),
     /// Judge image files or folders: one JSON line per image on stdout, heatmaps on request.
     Infer(infer::InferArgs),
     /// Compute map normalization and the decision threshold from normal validation images.
@@ -35,6 +46,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Time each stage and compare end-to-end time with the bare session run.
     Bench(bench::BenchArgs),
+    /// Soak test: many triggers on a dir: source; checks one answer each and flat memory.
+    Soak(soak::SoakArgs),
     /// Show the ONNX Runtime library, usable execution providers and what blocks the others.
     Doctor,
 }
@@ -76,10 +89,13 @@ pub enum Outcome {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo { provider } => demo::run(provider),
+        Command::Run(args) => run::run(args),
         Command::Infer(args) => infer::run(args),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Soak(args) => soak::run(args),
         Command::Doctor => doctor::run(),
     };
     match result {

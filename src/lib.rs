@@ -14,5 +14,8 @@ pub mod inspect;
 pub mod metrics;
 pub mod onnx_proto;
 pub mod ortlib;
+pub mod pipeline;
 pub mod preprocess;
 pub mod report;
+pub mod source;
+pub mod trigger;

@@ -704,3 +704,289 @@ fn eval_refuses_a_mask_of_the_wrong_size_issue6() {
     let report: Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(report["overall"]["regions"], 2);
 }
+
+// ---- the line: run pipeline, triggers, soak (issue 5) ----
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+/// A calibration for the shared small bundle (once per test binary).
+fn small_calibration() -> PathBuf {
+    static CAL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CAL.get_or_init(|| {
+        let (dir, _) = image_folder("run-cal", &mtd().join("validation/good"), 6);
+        let path = dir.join("../run-cal.json");
+        calibrate(small_bundle(), &dir, &path, &[]);
+        path
+    })
+    .clone()
+}
+
+/// A dir: source with three good parts and one undecodable file (sorted last).
+fn replay_folder(name: &str) -> PathBuf {
+    let (dir, _) = image_folder(name, &mtd().join("test/good"), 3);
+    std::fs::write(dir.join("zz_broken.jpg"), b"not a jpeg").expect("write");
+    dir
+}
+
+fn spawn_run(source: &Path, extra: &[&str]) -> (Child, ChildStdin, BufReader<ChildStdout>) {
+    let mut child = efficientad()
+        .args(["run", "--provider", "cpu", "--fps", "0", "--model"])
+        .arg(small_bundle())
+        .arg("--calibration")
+        .arg(small_calibration())
+        .arg("--source")
+        .arg(format!("dir:{}", source.display()))
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn efficientad run");
+    let stdin = child.stdin.take().expect("stdin");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    (child, stdin, stdout)
+}
+
+fn read_answer(out: &mut BufReader<ChildStdout>) -> Value {
+    let mut line = String::new();
+    let n = out.read_line(&mut line).expect("read answer");
+    assert!(n > 0, "run closed stdout before answering");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line: {line}: {e}"))
+}
+
+#[test]
+fn every_trigger_gets_one_answer_in_order_even_malformed_ones_issue5() {
+    let source = replay_folder("run-order");
+    let (mut child, mut stdin, mut stdout) = spawn_run(&source, &[]);
+    // All at once, faster than inference; 3 good frames then a broken one, looping.
+    let mut input = Vec::new();
+    let mut expect: Vec<(Value, Option<&str>)> = Vec::new();
+    for i in 0..12 {
+        match i {
+            3 => {
+                input.extend_from_slice(b"{\"id\": \"x\", broken\n");
+                expect.push((Value::Null, Some("not valid JSON")));
+            }
+            6 => {
+                input.extend(std::iter::repeat_n(b'a', 10_000));
+                input.push(b'\n');
+                expect.push((Value::Null, Some("longer than")));
+            }
+            9 => {
+                input.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0xff, b'\n']);
+                expect.push((Value::Null, Some("UTF-8")));
+            }
+            _ if i % 2 == 0 => {
+                input.extend_from_slice(format!("part-{i}\n").as_bytes());
+                expect.push((Value::from(format!("part-{i}")), None));
+            }
+            _ => {
+                input.extend_from_slice(format!("{{\"id\": {i}}}\n").as_bytes());
+                expect.push((Value::from(i), None));
+            }
+        }
+    }
+    input.extend_from_slice(b"\n");
+    expect.push((Value::Null, None));
+    stdin.write_all(&input).expect("write triggers");
+    drop(stdin); // EOF: finish what is pending, exit 0.
+    let answers: Vec<Value> = (0..expect.len())
+        .map(|_| read_answer(&mut stdout))
+        .collect();
+    let status = child.wait().expect("wait");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read rest");
+    assert!(rest.is_empty(), "extra output: {rest}");
+    assert!(status.success(), "EOF must end the run cleanly");
+    let mut frames_seen = 0;
+    for (i, (answer, (id, error))) in answers.iter().zip(&expect).enumerate() {
+        assert_eq!(answer["seq"], i as u64 + 1, "{answer}");
+        assert_eq!(&answer["id"], id, "{answer}");
+        match error {
+            Some(needle) => {
+                assert_eq!(answer["verdict"], "ERROR", "{answer}");
+                assert!(
+                    answer["error"].as_str().is_some_and(|e| e.contains(needle)),
+                    "{answer}"
+                );
+            }
+            None => {
+                frames_seen += 1;
+                // Every 4th frame is the broken file: ERROR for that trigger only.
+                if frames_seen % 4 == 0 {
+                    assert_eq!(answer["verdict"], "ERROR", "{answer}");
+                    assert!(
+                        answer["error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("zz_broken.jpg")),
+                        "{answer}"
+                    );
+                } else {
+                    assert!(
+                        answer["verdict"] == "OK" || answer["verdict"] == "NG",
+                        "{answer}"
+                    );
+                    assert!(answer["score"].as_f64().is_some());
+                    let lat = &answer["latency_ms"];
+                    for k in [
+                        "trigger_to_frame",
+                        "preprocess",
+                        "inference",
+                        "maps",
+                        "total",
+                    ] {
+                        assert!(lat[k].as_f64().is_some_and(|v| v >= 0.0), "{k} in {answer}");
+                    }
+                    // The frame judged was captured after the trigger arrived.
+                    assert!(
+                        answer["frame_time"].as_str() >= answer["trigger_time"].as_str(),
+                        "{answer}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_lost_source_gives_errors_then_reconnects_and_recovers_issue5() {
+    let source = replay_folder("run-fault");
+    let away = source.with_extension("away");
+    let (child, mut stdin, mut stdout) = spawn_run(&source, &[]);
+    let trigger = |id: &str, stdin: &mut ChildStdin| {
+        stdin
+            .write_all(format!("{id}\n").as_bytes())
+            .expect("write");
+        stdin.flush().expect("flush");
+    };
+    trigger("a1", &mut stdin);
+    assert_ne!(read_answer(&mut stdout)["verdict"], "ERROR");
+    std::fs::rename(&source, &away).expect("take the source away");
+    for id in ["b1", "b2"] {
+        trigger(id, &mut stdin);
+        let answer = read_answer(&mut stdout);
+        assert_eq!(answer["id"], id);
+        assert_eq!(answer["verdict"], "ERROR", "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("camera unavailable")),
+            "{answer}"
+        );
+    }
+    std::fs::rename(&away, &source).expect("bring it back");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    trigger("c1", &mut stdin);
+    let answer = read_answer(&mut stdout);
+    assert_eq!(answer["id"], "c1");
+    assert_ne!(answer["verdict"], "ERROR", "no recovery: {answer}");
+    drop(stdin);
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success());
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("lost") && stderr.contains("reconnected"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigint_answers_pending_triggers_and_exits_zero_issue5() {
+    let source = replay_folder("run-sigint");
+    let (child, mut stdin, mut stdout) = spawn_run(&source, &[]);
+    let n = 15;
+    let lines: String = (1..=n).map(|i| format!("s{i}\n")).collect();
+    stdin.write_all(lines.as_bytes()).expect("write");
+    stdin.flush().expect("flush");
+    let first = read_answer(&mut stdout);
+    assert_eq!(first["id"], "s1");
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let mut ids = vec![first["id"].clone()];
+    let mut line = String::new();
+    while stdout.read_line(&mut line).expect("read") > 0 {
+        let v: Value = serde_json::from_str(&line).expect("json");
+        ids.push(v["id"].clone());
+        line.clear();
+    }
+    let output = child.wait_with_output().expect("wait");
+    assert!(
+        output.status.success(),
+        "SIGINT must end with exit 0: {}",
+        text(&output.stderr)
+    );
+    let want: Vec<Value> = (1..=n).map(|i| Value::from(format!("s{i}"))).collect();
+    assert_eq!(ids, want, "every pending trigger answered, in order");
+    drop(stdin);
+}
+
+#[test]
+fn soak_small_many_triggers_no_loss_flat_memory_issue5() {
+    let source = replay_folder("soak");
+    std::fs::remove_file(source.join("zz_broken.jpg")).expect("remove");
+    let output = run(efficientad()
+        .args(["soak", "--provider", "cpu", "--triggers", "300", "--model"])
+        .arg(small_bundle())
+        .arg("--calibration")
+        .arg(small_calibration())
+        .arg("--source")
+        .arg(format!("dir:{}", source.display())));
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(report["answers"], 300);
+    assert_eq!(report["out_of_order_or_duplicated"], 0);
+    assert!(
+        report["rss_growth_mib"].as_f64().is_some_and(|g| g < 16.0),
+        "{report}"
+    );
+}
+
+#[test]
+fn free_run_judges_frames_until_a_once_source_ends_issue5() {
+    let source = replay_folder("free-run");
+    let output = run(efficientad()
+        .args([
+            "run",
+            "--provider",
+            "cpu",
+            "--trigger",
+            "free",
+            "--once",
+            "--fps",
+            "0",
+            "--model",
+        ])
+        .arg(small_bundle())
+        .arg("--calibration")
+        .arg(small_calibration())
+        .arg("--source")
+        .arg(format!("dir:{}", source.display()))
+        .stdin(Stdio::null()));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let lines = json_lines(&output.stdout);
+    let stderr = text(&output.stderr);
+    // Four frames offered; any dropped while inference was busy are counted, never answered twice.
+    let dropped: usize = stderr
+        .split("; ")
+        .find_map(|p| {
+            p.strip_suffix(" frames dropped\n")
+                .or(p.strip_suffix(" frames dropped"))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-frame count in {stderr}"));
+    assert_eq!(lines.len() + dropped, 4, "{stderr}");
+    let seqs: Vec<u64> = lines
+        .iter()
+        .map(|l| l["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}

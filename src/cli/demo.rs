@@ -1,0 +1,145 @@
+//! `efficientad demo`: the shipped model on the shipped sample parts, through the same `run`
+//! pipeline a line uses (a `dir:` source and generated triggers), with heatmaps and a summary.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use crossbeam_channel::bounded;
+use efficientad::bundle::Bundle;
+use efficientad::calibration::Calibration;
+use efficientad::engine::{Engine, EngineOptions, Provider};
+use efficientad::inspect::{HeatmapSink, Verdict};
+use efficientad::pipeline::{Pipeline, PipelineOptions, TriggerMode};
+use efficientad::source::dir::DirSource;
+use efficientad::trigger::Trigger;
+
+use super::Outcome;
+
+/// The shipped default, relative to the repository.
+pub const DEFAULT_MODEL: &str = "onnx/mtd-s";
+pub const DEFAULT_CALIBRATION: &str = "calibration/mtd-s.json";
+pub const SAMPLES: &str = "onnx/mtd-s/samples";
+
+/// The repository the binary was built from (the demo's files live there), or the current
+/// folder when it holds them.
+fn repo() -> PathBuf {
+    let cwd = PathBuf::from(".");
+    if cwd.join(DEFAULT_MODEL).is_dir() {
+        return cwd;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// NG is expected for every sample outside a `good` folder.
+fn expected(path: &Path) -> Verdict {
+    let good = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n == "good");
+    if good { Verdict::Ok } else { Verdict::Ng }
+}
+
+pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
+    let root = repo();
+    let model_dir = root.join(DEFAULT_MODEL);
+    let bundle = Bundle::open(&model_dir).with_context(|| {
+        format!(
+            "the demo needs the shipped model in {} (run it from the repository)",
+            model_dir.display()
+        )
+    })?;
+    let calibration = Calibration::load_for(&root.join(DEFAULT_CALIBRATION), &bundle)?;
+    let samples = root.join(SAMPLES);
+    let source = DirSource::open(&samples, 0.0, false).map_err(anyhow::Error::msg)?;
+    let files: Vec<PathBuf> = source.files().to_vec();
+    let heatmap_dir = std::env::temp_dir().join("efficientad-demo-heatmaps");
+    let _ = std::fs::remove_dir_all(&heatmap_dir);
+    let heatmaps = HeatmapSink::new(&heatmap_dir, true)
+        .with_context(|| format!("cannot create {}", heatmap_dir.display()))?;
+    let options = EngineOptions {
+        provider,
+        ..EngineOptions::default()
+    };
+    let mut engine = Engine::new(&bundle, &options)?;
+    let size = engine.input_size();
+    engine.run(&vec![0u8; size * size * 3], 1)?;
+    let provider_used = engine.provider();
+    eprintln!(
+        "efficientad demo: model {} ({}), {} sample parts from {}, provider {provider_used}",
+        bundle.info.name,
+        bundle.dir.display(),
+        files.len(),
+        samples.display()
+    );
+
+    // One generated trigger per sample, as a PLC would send them.
+    let (tx, rx) = bounded(files.len().max(1));
+    for (i, _) in files.iter().enumerate() {
+        let _ = tx.send(Trigger {
+            seq: i as u64 + 1,
+            id: format!("demo-{}", i + 1).into(),
+            received: std::time::Instant::now(),
+            received_at: std::time::SystemTime::now(),
+            invalid: None,
+        });
+    }
+    drop(tx);
+    let (_shutdown_tx, shutdown_rx) = bounded(1);
+    let pipeline = Pipeline {
+        source: Box::new(source),
+        engine,
+        calibration,
+        heatmaps: Some(heatmaps),
+        options: PipelineOptions {
+            frame_timeout: Duration::from_secs(5),
+            ..PipelineOptions::default()
+        },
+    };
+    let mut correct = 0;
+    let mut wrong = Vec::new();
+    let stdout = std::io::stdout();
+    let summary = pipeline.run(
+        TriggerMode::Stdin,
+        rx,
+        shutdown_rx,
+        &mut stdout.lock(),
+        &mut |answer| {
+            let Some(frame) = &answer.frame else {
+                wrong.push(format!(
+                    "{}: {}",
+                    answer.seq,
+                    answer.error.clone().unwrap_or_default()
+                ));
+                return;
+            };
+            let want = expected(Path::new(&frame.source));
+            if answer.verdict == want {
+                correct += 1;
+            } else {
+                wrong.push(format!(
+                    "{} judged {:?}, expected {want:?}",
+                    frame.source, answer.verdict
+                ));
+            }
+        },
+    )?;
+    eprintln!(
+        "efficientad demo: {correct}/{} verdicts correct; latency p50 {:.1} ms, max {:.1} ms on {provider_used}; heatmaps in {}",
+        files.len(),
+        summary.percentile(0.5),
+        summary.max_ms,
+        heatmap_dir.display()
+    );
+    for w in &wrong {
+        eprintln!("efficientad demo: {w}");
+    }
+    if !wrong.is_empty() {
+        bail!(
+            "{} of {} samples did not get the verdict their folder implies",
+            wrong.len(),
+            files.len()
+        );
+    }
+    Ok(Outcome::Success)
+}

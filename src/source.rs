@@ -1,0 +1,108 @@
+//! Frame sources behind one trait: `dir:<folder>` (images replayed as a camera), and the
+//! cameras `usb:<index|name>` (nokhwa, V4L2) and `gige:<id|first>` (aravis) when built in.
+//!
+//! A source is owned by the capture thread. `grab` returns a frame captured after the call
+//! started — never a stale buffered one — or an error that says whether the camera is gone
+//! (reconnect) or only this frame is bad.
+
+pub mod dir;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use image::RgbImage;
+
+/// One captured frame.
+pub struct Frame {
+    pub image: RgbImage,
+    pub captured: Instant,
+    pub captured_at: SystemTime,
+    /// Frame counter of the source.
+    pub index: u64,
+    /// Where it came from (file for `dir:`, camera name otherwise).
+    pub origin: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The device is gone or not answering: reconnect.
+    #[error("camera unavailable: {0}")]
+    Disconnected(String),
+    /// This frame could not be used; the next one may be fine.
+    #[error("bad frame: {0}")]
+    BadFrame(String),
+    #[error("no frame within {0:?}")]
+    Timeout(Duration),
+    /// A `dir:` source played once has no more frames.
+    #[error("the source has no more frames")]
+    Exhausted,
+}
+
+/// A camera-like producer of frames.
+pub trait FrameSource: Send {
+    /// Captures the next frame, waiting at most `timeout`.
+    fn grab(&mut self, timeout: Duration) -> Result<Frame, SourceError>;
+    /// Re-opens the device after a `Disconnected` error.
+    fn reconnect(&mut self) -> Result<(), SourceError>;
+    /// A short description for logs.
+    fn describe(&self) -> String;
+}
+
+/// A parsed `--source` value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SourceSpec {
+    Dir {
+        folder: PathBuf,
+        fps: f64,
+        looping: bool,
+    },
+    Usb(String),
+    Gige(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("`{0}` is not a source; use dir:<folder>, usb:<index|name> or gige:<id|first>")]
+    Unknown(String),
+    #[error("{0}")]
+    Open(String),
+}
+
+impl SourceSpec {
+    /// Parses `dir:<folder>`, `usb:<index|name>`, `gige:<id|first>`.
+    pub fn parse(text: &str, fps: f64, looping: bool) -> Result<Self, SpecError> {
+        let (kind, rest) = text
+            .split_once(':')
+            .ok_or_else(|| SpecError::Unknown(text.into()))?;
+        if rest.is_empty() {
+            return Err(SpecError::Unknown(text.into()));
+        }
+        match kind {
+            "dir" => Ok(SourceSpec::Dir {
+                folder: PathBuf::from(rest),
+                fps,
+                looping,
+            }),
+            "usb" => Ok(SourceSpec::Usb(rest.into())),
+            "gige" => Ok(SourceSpec::Gige(rest.into())),
+            _ => Err(SpecError::Unknown(text.into())),
+        }
+    }
+
+    /// Opens the source.
+    pub fn open(&self) -> Result<Box<dyn FrameSource>, SpecError> {
+        match self {
+            SourceSpec::Dir {
+                folder,
+                fps,
+                looping,
+            } => Ok(Box::new(
+                dir::DirSource::open(folder, *fps, *looping)
+                    .map_err(|e| SpecError::Open(e.to_string()))?,
+            )),
+            SourceSpec::Usb(_) | SourceSpec::Gige(_) => Err(SpecError::Open(format!(
+                "{self:?}: camera sources are not built into this binary yet; use dir:<folder>"
+            ))),
+        }
+    }
+}
