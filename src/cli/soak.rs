@@ -85,7 +85,7 @@ pub fn run(args: SoakArgs) -> anyhow::Result<Outcome> {
     let mut sink = std::io::sink();
     let started = Instant::now();
     let summary = pipeline.run(TriggerMode::Stdin, rx, stop_rx, &mut sink, &mut |a| {
-        if a.seq != expected || a.id != serde_json::Value::from(format!("soak-{}", a.seq)) {
+        if a.seq != expected || a.id != format!("soak-{}", a.seq) {
             out_of_order += 1;
         }
         expected = a.seq + 1;

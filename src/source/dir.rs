@@ -96,7 +96,7 @@ impl FrameSource for DirSource {
 
     fn reconnect(&mut self) -> Result<(), SourceError> {
         let files = if self.folder.is_dir() {
-            list_images(&[self.folder.clone()]).unwrap_or_default()
+            list_images(std::slice::from_ref(&self.folder)).unwrap_or_default()
         } else {
             Vec::new()
         };
