@@ -67,6 +67,8 @@ pub struct Latency {
 pub struct FrameInfo {
     pub index: u64,
     pub source: String,
+    pub width: u32,
+    pub height: u32,
 }
 
 /// One stdout line.
@@ -352,6 +354,8 @@ impl Inference {
         answer.frame = Some(FrameInfo {
             index: frame.index,
             source: frame.origin.clone(),
+            width: frame.image.width(),
+            height: frame.image.height(),
         });
         answer.latency_ms.trigger_to_frame =
             ms(frame.captured.saturating_duration_since(trigger.received));

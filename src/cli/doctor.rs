@@ -25,6 +25,17 @@ pub fn run() -> anyhow::Result<Outcome> {
             ),
         }
     }
+    let cameras = efficientad::source::list_cameras();
+    if cameras.is_empty() {
+        println!(
+            "cameras: none found (USB: no /dev/video* device; GigE: aravis discovery saw none)"
+        );
+    } else {
+        println!("cameras:");
+        for c in cameras {
+            println!("  {c}");
+        }
+    }
     Ok(Outcome::Success)
 }
 

@@ -13,7 +13,7 @@ use efficientad::calibration::Calibration;
 use efficientad::engine::Engine;
 use efficientad::inspect::HeatmapSink;
 use efficientad::pipeline::{Pipeline, PipelineOptions, TriggerMode};
-use efficientad::source::SourceSpec;
+use efficientad::source::{CameraOptions, SourceSpec};
 use efficientad::trigger::read_triggers;
 
 use super::{EngineArgs, Outcome};
@@ -46,6 +46,67 @@ pub struct RunArgs {
     /// Longest wait for a frame after a trigger, milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub frame_timeout_ms: u64,
+    /// GigE trigger: software (each stdin trigger fires one exposure), free (camera streams),
+    /// or the camera input line that fires exposures, e.g. Line1.
+    #[arg(long, value_name = "MODE", default_value = "software")]
+    pub gige_trigger: String,
+    /// GigE pixel format to set, e.g. Mono8, RGB8Packed, BayerRG8.
+    #[arg(long, value_name = "FORMAT")]
+    pub gige_pixel_format: Option<String>,
+    /// Camera exposure time, microseconds (GigE).
+    #[arg(long, value_name = "US")]
+    pub exposure_us: Option<f64>,
+    /// Camera gain (GigE).
+    #[arg(long)]
+    pub gain: Option<f64>,
+    /// Camera frame rate to request (GigE and USB).
+    #[arg(long, value_name = "FPS")]
+    pub camera_fps: Option<f64>,
+    /// USB frame format: mjpeg or yuyv.
+    #[arg(long, value_name = "FORMAT")]
+    pub usb_format: Option<String>,
+    /// USB resolution, WIDTHxHEIGHT.
+    #[arg(long, value_name = "WxH", value_parser = parse_resolution)]
+    pub usb_resolution: Option<(u32, u32)>,
+}
+
+fn parse_resolution(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("`{text}` is not WIDTHxHEIGHT"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("`{text}` is not WIDTHxHEIGHT"))
+    };
+    Ok((parse(w)?, parse(h)?))
+}
+
+impl RunArgs {
+    fn camera_options(&self) -> CameraOptions {
+        #[allow(clippy::needless_update)]
+        CameraOptions {
+            #[cfg(feature = "gige")]
+            gige: efficientad::source::gige::GigeSettings {
+                pixel_format: self.gige_pixel_format.clone(),
+                exposure_us: self.exposure_us,
+                gain: self.gain,
+                frame_rate: self.camera_fps,
+                trigger: if self.trigger == TriggerMode::Free {
+                    "free".into()
+                } else {
+                    self.gige_trigger.clone()
+                },
+            },
+            #[cfg(feature = "usb")]
+            usb: efficientad::source::usb::UsbSettings {
+                format: self.usb_format.clone(),
+                resolution: self.usb_resolution,
+                fps: self.camera_fps.map(|f| f.round() as u32),
+            },
+            ..CameraOptions::default()
+        }
+    }
 }
 
 /// Routes SIGINT/SIGTERM to the pipeline's shutdown channel.
@@ -62,7 +123,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let bundle = Bundle::open(&args.engine.model)?;
     let calibration = Calibration::load_for(&args.calibration, &bundle)?;
     let spec = SourceSpec::parse(&args.source, args.fps, !args.once)?;
-    let source = spec.open()?;
+    let source = spec.open_with(&args.camera_options())?;
     eprintln!("efficientad: source {}", source.describe());
     let heatmaps = match &args.heatmaps {
         Some(dir) => Some(
