@@ -27,6 +27,9 @@ pub fn run(config: &FitConfig, resume: bool, calibration_out: &Path) -> anyhow::
     );
     steps.set_position(0);
     let mut started_steps = false;
+    // Without a terminal the bars are hidden: print a progress line every 30 s instead.
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_line = std::time::Instant::now();
     let trained = train(config, resume, stop, &mut |event| match event {
         Event::Message(m) => loading.suspend(|| eprintln!("efficientad-train: {m}")),
         Event::Loading { done, total, what } => {
@@ -45,6 +48,13 @@ pub fn run(config: &FitConfig, resume: bool, calibration_out: &Path) -> anyhow::
                 started_steps = true;
             }
             steps.set_position(step as u64);
+            if plain && (last_line.elapsed().as_secs() >= 30 || step == 1) {
+                last_line = std::time::Instant::now();
+                eprintln!(
+                    "efficientad-train: step {step}/{} loss {:.4} (hard {:.4} pen {:.4} ae {:.4} stae {:.4}) {:.2} img/s",
+                    config.steps, losses.total, losses.hard, losses.penalty, losses.ae, losses.stae, images_per_second
+                );
+            }
             steps.set_message(format!(
                 "loss {:.4} (hard {:.4} pen {:.4} ae {:.4} stae {:.4}) {:.2} img/s",
                 losses.total,

@@ -186,6 +186,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                 .progress_chars("=> "),
             );
+            let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut last_line = std::time::Instant::now();
             let (teacher, info) = distill(&config, stop, &mut |event| match event {
                 DistillEvent::Stats { done, total } => {
                     bar.set_message(format!("target statistics {done}/{total}"))
@@ -197,6 +199,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } => {
                     bar.set_position(step as u64);
                     bar.set_message(format!("loss {loss:.4} {images_per_second:.2} img/s"));
+                    if plain && (last_line.elapsed().as_secs() >= 30 || step == 1) {
+                        last_line = std::time::Instant::now();
+                        eprintln!("efficientad-train: distill step {step}/{steps} loss {loss:.4} {images_per_second:.2} img/s");
+                    }
                 }
                 DistillEvent::Message(m) => bar.suspend(|| eprintln!("efficientad-train: {m}")),
             })?;
