@@ -405,28 +405,42 @@ pub fn calibrate_files(
         None => (Vec::new(), 0),
     };
     let computed = compute(&normal_maps, &anomalous_maps, false_reject_rate)?;
-    let scores =
-        ScoreSummary::of(&computed.normal_scores).ok_or(CalibrationError::NoImages { failed })?;
-    Ok(Calibration {
-        format_version: CALIBRATION_FORMAT_VERSION,
-        model_name: bundle.info.name.clone(),
-        model_sha256: bundle.info.model_sha256.clone(),
-        provider: engine.provider().to_string(),
-        precision: precision(engine.provider()).into(),
-        validation: ValidationSet {
-            folder: normal.label.clone(),
-            images: normal_maps.len(),
-            failed: failed + anomalous_failed,
-            anomalous_folder: anomalous.map(|a| a.label.clone()),
-            anomalous_images: anomalous_maps.len(),
-        },
-        normalization: computed.normalization,
-        threshold: computed.threshold,
-        threshold_rule: computed.rule,
-        scores,
-        anomalous_scores: ScoreSummary::of(&computed.anomalous_scores),
-        created_by: format!("efficientad {}", env!("CARGO_PKG_VERSION")),
-    })
+    let validation = ValidationSet {
+        folder: normal.label.clone(),
+        images: normal_maps.len(),
+        failed: failed + anomalous_failed,
+        anomalous_folder: anomalous.map(|a| a.label.clone()),
+        anomalous_images: anomalous_maps.len(),
+    };
+    Calibration::assemble(bundle, engine.provider(), validation, computed)
+}
+
+impl Calibration {
+    /// A calibration file for `bundle` from computed numbers.
+    pub fn assemble(
+        bundle: &Bundle,
+        provider: Provider,
+        validation: ValidationSet,
+        computed: Computed,
+    ) -> Result<Self, CalibrationError> {
+        let scores = ScoreSummary::of(&computed.normal_scores).ok_or(CalibrationError::NoImages {
+            failed: validation.failed,
+        })?;
+        Ok(Calibration {
+            format_version: CALIBRATION_FORMAT_VERSION,
+            model_name: bundle.info.name.clone(),
+            model_sha256: bundle.info.model_sha256.clone(),
+            provider: provider.to_string(),
+            precision: precision(provider).into(),
+            validation,
+            normalization: computed.normalization,
+            threshold: computed.threshold,
+            threshold_rule: computed.rule,
+            scores,
+            anomalous_scores: ScoreSummary::of(&computed.anomalous_scores),
+            created_by: format!("efficientad {}", env!("CARGO_PKG_VERSION")),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -138,16 +138,12 @@ impl Engine {
     /// Builds a session for `bundle` on the requested provider and checks the graph's contract.
     pub fn new(bundle: &Bundle, options: &EngineOptions) -> Result<Self, EngineError> {
         let lib = ortlib::load()?;
-        let candidates: &[Provider] = match options.provider {
-            Provider::Auto => &[Provider::Tensorrt, Provider::Cuda, Provider::Cpu],
-            p => std::slice::from_ref(match p {
-                Provider::Tensorrt => &Provider::Tensorrt,
-                Provider::Cuda => &Provider::Cuda,
-                _ => &Provider::Cpu,
-            }),
+        let candidates = match options.provider {
+            Provider::Auto => vec![Provider::Tensorrt, Provider::Cuda, Provider::Cpu],
+            explicit => vec![explicit],
         };
         let mut last_error = None;
-        for &provider in candidates {
+        for provider in candidates {
             match Self::session(bundle, options, provider, &lib.environment) {
                 Ok(session) => {
                     if options.provider == Provider::Auto {

@@ -9,9 +9,7 @@ use anyhow::bail;
 use clap::Args;
 use efficientad::batch::{Outcome as ImageOutcome, RunOptions, list_images, ms, run_files};
 use efficientad::bundle::Bundle;
-use efficientad::calibration::{
-    CALIBRATION_FORMAT_VERSION, Calibration, MapPair, ScoreSummary, ValidationSet, compute,
-};
+use efficientad::calibration::{Calibration, MapPair, ValidationSet, compute};
 use efficientad::engine::{Engine, RawMaps};
 use efficientad::inspect::judge;
 use efficientad::preprocess::{Preprocessor, decode_file};
@@ -97,32 +95,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
         }));
     }
     let computed = compute(&pairs, &[], 0.01)?;
-    let calibration = Calibration {
-        format_version: CALIBRATION_FORMAT_VERSION,
-        model_name: bundle.info.name.clone(),
-        model_sha256: bundle.info.model_sha256.clone(),
-        provider: engine.provider().to_string(),
-        precision: String::new(),
-        validation: ValidationSet {
-            folder: String::new(),
-            images: pairs.len(),
-            failed: 0,
-            anomalous_folder: None,
-            anomalous_images: 0,
-        },
-        normalization: computed.normalization,
-        threshold: computed.threshold,
-        threshold_rule: computed.rule,
-        scores: ScoreSummary::of(&computed.normal_scores).unwrap_or(ScoreSummary {
-            count: 0,
-            min: 0.0,
-            median: 0.0,
-            p99: 0.0,
-            max: 0.0,
-        }),
-        anomalous_scores: None,
-        created_by: "bench".into(),
+    let validation = ValidationSet {
+        folder: "bench images".into(),
+        images: pairs.len(),
+        failed: 0,
+        anomalous_folder: None,
+        anomalous_images: 0,
     };
+    let calibration = Calibration::assemble(&bundle, engine.provider(), validation, computed)?;
 
     let n = files.len() as f64;
     let (mut bare, mut e2e) = (Vec::new(), Vec::new());

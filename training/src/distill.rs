@@ -16,7 +16,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use ort::session::Session;
 use ort::value::TensorRef;
 
@@ -223,6 +223,7 @@ pub struct DistillConfig {
     pub seed: u64,
     /// Images used for the target mean/std.
     pub stats_images: usize,
+    pub backend: crate::backend::Backend,
 }
 
 pub enum Event<'a> {
@@ -266,7 +267,7 @@ pub fn distill(
 ) -> Result<(Pdn, CheckpointInfo), DistillError> {
     let files = data::folder_files(&config.images)?;
     let mut backbone = Backbone::open(&config.backbone)?;
-    let device = Device::flex().autodiff();
+    let device = config.backend.device().map_err(DistillError::Other)?.autodiff();
     let mut rng = Rng::new(config.seed);
     let mut pdn = PdnConfig::new(config.variant, TEACHER_CHANNELS)
         .with_padding(true)

@@ -1,6 +1,7 @@
 //! EfficientAD training in Burn: the networks, teacher import, checkpoints and the ONNX
 //! deployment graph. The runtime (`efficientad`) executes what this crate exports.
 
+pub mod backend;
 pub mod checkpoint;
 pub mod data;
 pub mod distill;

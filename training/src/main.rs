@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand};
+use efficientad_training::backend::Backend;
 use efficientad_training::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
 use efficientad_training::data::Rng;
 use efficientad_training::distill::{DistillConfig, Event as DistillEvent, distill};
@@ -56,6 +57,9 @@ enum Command {
         /// Images used for the target mean and std.
         #[arg(long, default_value_t = 200)]
         stats_images: usize,
+        /// Compute device: cpu, or wgpu (a GPU; needs a build with --features wgpu).
+        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+        device: Backend,
         /// Teacher checkpoint to write.
         #[arg(long)]
         out: PathBuf,
@@ -101,6 +105,9 @@ enum Command {
         /// Use at most N training images (quick runs).
         #[arg(long, hide = true)]
         train_limit: Option<usize>,
+        /// Compute device: cpu, or wgpu (a GPU; needs a build with --features wgpu).
+        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+        device: Backend,
     },
     /// Import a pretrained PDN teacher from a PyTorch state_dict (.pth), in either key style
     /// (`0.weight`… or `conv1.weight`…), into the project's checkpoint format.
@@ -164,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
             seed,
             stats_images,
+            device: backend,
             out,
         } => {
             if batch == 0 {
@@ -177,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 batch,
                 seed,
                 stats_images,
+                backend,
             };
             let stop = efficientad_training::train::stop_flag();
             let bar = indicatif::ProgressBar::new(steps as u64).with_style(
@@ -227,6 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             resume,
             penalty_limit,
             train_limit,
+            device: backend,
         } => {
             let name = out
                 .file_name()
@@ -252,6 +262,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 checkpoint_every,
                 penalty_limit,
                 train_limit,
+                backend,
             };
             let calibration_out = calibration_out
                 .unwrap_or_else(|| PathBuf::from("calibration").join(format!("{name}.json")));

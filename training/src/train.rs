@@ -57,6 +57,9 @@ pub struct FitConfig {
     pub penalty_limit: Option<usize>,
     /// Use at most this many training images (all when None).
     pub train_limit: Option<usize>,
+    /// Where to compute.
+    #[serde(default)]
+    pub backend: crate::backend::Backend,
 }
 
 /// Losses of one step.
@@ -268,8 +271,8 @@ pub fn train(
     stop: Arc<AtomicBool>,
     events: &mut dyn FnMut(Event<'_>),
 ) -> Result<Trained, TrainError> {
-    let plain = Device::flex();
-    let device = Device::flex().autodiff();
+    let plain = config.backend.device().map_err(TrainError::Io)?;
+    let device = plain.clone().autodiff();
     let work = Work {
         dir: config.work.clone(),
     };
@@ -495,7 +498,7 @@ pub fn train(
         "seed": config.seed,
         "final_losses": state.last_losses,
         "wall_seconds": state.wall_seconds,
-        "backend": "burn flex (CPU)",
+        "backend": format!("burn {:?}", config.backend),
     });
     Ok(Trained {
         model: model.valid(),

@@ -667,6 +667,7 @@ fn fit_config(
         checkpoint_every: 2,
         penalty_limit: None,
         train_limit: None,
+        backend: efficientad_training::backend::Backend::Cpu,
     }
 }
 
