@@ -24,11 +24,10 @@ pub const SAMPLES: &str = "onnx/mtd-s/samples";
 /// The repository the binary was built from (the demo's files live there), or the current
 /// folder when it holds them.
 fn repo() -> PathBuf {
-    let cwd = PathBuf::from(".");
-    if cwd.join(DEFAULT_MODEL).is_dir() {
-        return cwd;
+    match std::env::current_dir() {
+        Ok(cwd) if cwd.join(DEFAULT_MODEL).is_dir() => cwd,
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// NG is expected for every sample outside a `good` folder.
