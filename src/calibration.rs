@@ -423,9 +423,10 @@ impl Calibration {
         validation: ValidationSet,
         computed: Computed,
     ) -> Result<Self, CalibrationError> {
-        let scores = ScoreSummary::of(&computed.normal_scores).ok_or(CalibrationError::NoImages {
-            failed: validation.failed,
-        })?;
+        let scores =
+            ScoreSummary::of(&computed.normal_scores).ok_or(CalibrationError::NoImages {
+                failed: validation.failed,
+            })?;
         Ok(Calibration {
             format_version: CALIBRATION_FORMAT_VERSION,
             model_name: bundle.info.name.clone(),

@@ -1098,29 +1098,52 @@ fn usb_without_a_camera_fails_at_start_naming_v4l2_issue5() {
 
 #[test]
 fn demo_gives_every_shipped_sample_the_verdict_its_folder_implies_issue7() {
-    let output = run(efficientad().args(["demo", "--provider", "cpu"]).current_dir(root()));
+    let output = run(efficientad()
+        .args(["demo", "--provider", "cpu"])
+        .current_dir(root()));
     let stderr = text(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let lines = json_lines(&output.stdout);
-    let samples = efficientad::batch::list_images(&[root().join("onnx/mtd-s/samples")]).expect("samples");
+    let samples =
+        efficientad::batch::list_images(&[root().join("onnx/mtd-s/samples")]).expect("samples");
     assert!(samples.len() >= 4, "a handful of samples is shipped");
     assert_eq!(lines.len(), samples.len(), "one answer per sample");
     let mut kinds = std::collections::BTreeSet::new();
     for (line, sample) in lines.iter().zip(&samples) {
-        let folder = sample.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).expect("folder");
+        let folder = sample
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .expect("folder");
         kinds.insert(folder == "good");
         let want = if folder == "good" { "OK" } else { "NG" };
         assert_eq!(line["verdict"], want, "{} → {line}", sample.display());
         assert_eq!(line["frame"]["source"], sample.display().to_string());
-        assert!(line["heatmap"].as_str().is_some_and(|p| Path::new(p).is_file()), "{line}");
+        assert!(
+            line["heatmap"]
+                .as_str()
+                .is_some_and(|p| Path::new(p).is_file()),
+            "{line}"
+        );
     }
     assert_eq!(kinds.len(), 2, "samples include good and defective parts");
-    assert!(stderr.contains("verdicts correct") && stderr.contains("heatmaps in"), "{stderr}");
+    assert!(
+        stderr.contains("verdicts correct") && stderr.contains("heatmaps in"),
+        "{stderr}"
+    );
     let total: u64 = std::fs::read_dir(root().join("onnx/mtd-s/samples"))
         .expect("samples")
         .filter_map(Result::ok)
-        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().filter_map(Result::ok))
+        .flat_map(|d| {
+            std::fs::read_dir(d.path())
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+        })
         .map(|f| f.metadata().map(|m| m.len()).unwrap_or(0))
         .sum();
-    assert!(total < 1_000_000, "samples must stay well under 1 MB, are {total} bytes");
+    assert!(
+        total < 1_000_000,
+        "samples must stay well under 1 MB, are {total} bytes"
+    );
 }

@@ -267,7 +267,11 @@ pub fn distill(
 ) -> Result<(Pdn, CheckpointInfo), DistillError> {
     let files = data::folder_files(&config.images)?;
     let mut backbone = Backbone::open(&config.backbone)?;
-    let device = config.backend.device().map_err(DistillError::Other)?.autodiff();
+    let device = config
+        .backend
+        .device()
+        .map_err(DistillError::Other)?
+        .autodiff();
     let mut rng = Rng::new(config.seed);
     let mut pdn = PdnConfig::new(config.variant, TEACHER_CHANNELS)
         .with_padding(true)

@@ -52,7 +52,13 @@ pub fn run(config: &FitConfig, resume: bool, calibration_out: &Path) -> anyhow::
                 last_line = std::time::Instant::now();
                 eprintln!(
                     "efficientad-train: step {step}/{} loss {:.4} (hard {:.4} pen {:.4} ae {:.4} stae {:.4}) {:.2} img/s",
-                    config.steps, losses.total, losses.hard, losses.penalty, losses.ae, losses.stae, images_per_second
+                    config.steps,
+                    losses.total,
+                    losses.hard,
+                    losses.penalty,
+                    losses.ae,
+                    losses.stae,
+                    images_per_second
                 );
             }
             steps.set_message(format!(

@@ -210,7 +210,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     bar.set_message(format!("loss {loss:.4} {images_per_second:.2} img/s"));
                     if plain && (last_line.elapsed().as_secs() >= 30 || step == 1) {
                         last_line = std::time::Instant::now();
-                        eprintln!("efficientad-train: distill step {step}/{steps} loss {loss:.4} {images_per_second:.2} img/s");
+                        eprintln!(
+                            "efficientad-train: distill step {step}/{steps} loss {loss:.4} {images_per_second:.2} img/s"
+                        );
                     }
                 }
                 DistillEvent::Message(m) => bar.suspend(|| eprintln!("efficientad-train: {m}")),
