@@ -48,20 +48,7 @@ pub fn run(config: &FitConfig, resume: bool, calibration_out: &Path) -> anyhow::
                 started_steps = true;
             }
             steps.set_position(step as u64);
-            if plain && (last_line.elapsed().as_secs() >= 30 || step == 1) {
-                last_line = std::time::Instant::now();
-                eprintln!(
-                    "efficientad-train: step {step}/{} loss {:.4} (hard {:.4} pen {:.4} ae {:.4} stae {:.4}) {:.2} img/s",
-                    config.steps,
-                    losses.total,
-                    losses.hard,
-                    losses.penalty,
-                    losses.ae,
-                    losses.stae,
-                    images_per_second
-                );
-            }
-            steps.set_message(format!(
+            let message = format!(
                 "loss {:.4} (hard {:.4} pen {:.4} ae {:.4} stae {:.4}) {:.2} img/s",
                 losses.total,
                 losses.hard,
@@ -69,7 +56,12 @@ pub fn run(config: &FitConfig, resume: bool, calibration_out: &Path) -> anyhow::
                 losses.ae,
                 losses.stae,
                 images_per_second
-            ));
+            );
+            if plain && (last_line.elapsed().as_secs() >= 30 || step == 1) {
+                last_line = std::time::Instant::now();
+                eprintln!("efficientad-train: step {step}/{} {message}", config.steps);
+            }
+            steps.set_message(message);
         }
     })?;
     steps.finish_and_clear();
