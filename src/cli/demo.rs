@@ -72,18 +72,19 @@ pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
         samples.display()
     );
 
-    // One generated trigger per sample, as a PLC would send them.
-    let (tx, rx) = bounded(files.len().max(1));
-    for (i, _) in files.iter().enumerate() {
-        let _ = tx.send(Trigger {
-            seq: i as u64 + 1,
-            id: format!("demo-{}", i + 1).into(),
-            received: std::time::Instant::now(),
-            received_at: std::time::SystemTime::now(),
-            invalid: None,
-        });
-    }
-    drop(tx);
+    // One generated trigger per sample, as a PLC sends them: the next part comes when the
+    // previous one has been answered, so the latency is a part's, not a queue's.
+    let trigger = |i: usize| Trigger {
+        seq: i as u64 + 1,
+        id: format!("demo-{}", i + 1).into(),
+        received: std::time::Instant::now(),
+        received_at: std::time::SystemTime::now(),
+        invalid: None,
+    };
+    let (tx, rx) = bounded(1);
+    tx.send(trigger(0)).context("starting the demo")?;
+    let mut tx = Some(tx);
+    let mut sent = 1;
     let (_shutdown_tx, shutdown_rx) = bounded(1);
     let pipeline = Pipeline {
         source: Box::new(source),
@@ -104,6 +105,14 @@ pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
         shutdown_rx,
         &mut stdout.lock(),
         &mut |answer| {
+            if sent < files.len() {
+                if let Some(tx) = &tx {
+                    let _ = tx.send(trigger(sent));
+                }
+                sent += 1;
+            } else {
+                tx = None; // all sent: closing the channel ends the run
+            }
             let Some(frame) = &answer.frame else {
                 wrong.push(format!(
                     "{}: {}",
