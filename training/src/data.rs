@@ -6,12 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Tensor, TensorData};
 use efficientad::batch::list_images;
-use efficientad::preprocess::{Preprocessor, decode_file, to_rgb8};
+use efficientad::preprocess::{Preprocessor, decode_file};
 use serde::{Deserialize, Serialize};
-
-use crate::model::IMAGE_SIZE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -163,14 +160,6 @@ pub fn split(dataset: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>, &'static str
     Ok((rest, validation, "10% of train/good held out (seed 42)"))
 }
 
-/// RGB8 HWC → `[1, 3, H, W]` float in [0, 1].
-pub fn to_tensor(px: &[u8], size: usize, device: &Device) -> Tensor<4> {
-    Tensor::from_data(
-        TensorData::new(to_chw(px, size), [1, 3, size, size]),
-        device,
-    )
-}
-
 /// RGB8 HWC → CHW floats in [0, 1].
 pub fn to_chw(px: &[u8], size: usize) -> Vec<f32> {
     let plane = size * size;
@@ -244,21 +233,6 @@ impl ColorJitter {
             }
         }
     }
-}
-
-/// A CHW float image as a `[1, 3, size, size]` tensor.
-pub fn chw_tensor(chw: Vec<f32>, size: usize, device: &Device) -> Tensor<4> {
-    Tensor::from_data(TensorData::new(chw, [1, 3, size, size]), device)
-}
-
-/// Decodes one image for the network at `IMAGE_SIZE` (used by tests and tools).
-pub fn load_one(path: &Path) -> Result<Vec<u8>, efficientad::preprocess::PreprocessError> {
-    let mut pre = Preprocessor::new(IMAGE_SIZE);
-    let img = to_rgb8(decode_file(path)?);
-    let (w, h) = img.dimensions();
-    let mut out = vec![0; IMAGE_SIZE * IMAGE_SIZE * 3];
-    pre.resize_rgb(img.as_raw(), w, h, &mut out)?;
-    Ok(out)
 }
 
 #[cfg(test)]
