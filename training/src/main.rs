@@ -12,7 +12,9 @@ use efficientad_training::checkpoint::{self, CheckpointInfo, Kind, TeacherProven
 use efficientad_training::data::Rng;
 use efficientad_training::distill::{DistillConfig, Event as DistillEvent, distill};
 use efficientad_training::export::export_bundle;
-use efficientad_training::model::{EfficientAd, PdnConfig, TEACHER_CHANNELS, Variant};
+use efficientad_training::model::{
+    AutoencoderConfig, EfficientAd, PdnConfig, TEACHER_CHANNELS, Variant,
+};
 use efficientad_training::teacher::import_teacher;
 use efficientad_training::train::FitConfig;
 
@@ -140,6 +142,10 @@ enum Command {
         /// Divide every hidden width by this (--random only): tiny networks for fast tests.
         #[arg(long, default_value_t = 1, requires = "random", hide = true)]
         width_divisor: usize,
+        /// Divide the autoencoder's hidden widths (32, 64) by this (--random only): the tiny
+        /// models the emulated aarch64 tests run.
+        #[arg(long, default_value_t = 1, requires = "random", hide = true)]
+        ae_width_divisor: usize,
         /// Also fold these teacher statistics (a JSON file `{"mean": [...], "std": [...]}`) into a
         /// random export, to test the fold.
         #[arg(long, requires = "random", hide = true)]
@@ -310,6 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             variant,
             width_divisor,
+            ae_width_divisor,
             teacher_stats,
             out,
         } => {
@@ -321,7 +328,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let config = PdnConfig::new(variant, TEACHER_CHANNELS / width_divisor)
                 .with_width_divisor(width_divisor);
+            if ae_width_divisor == 0 || 32 % ae_width_divisor != 0 {
+                bail!("--ae-width-divisor {ae_width_divisor} must divide 32");
+            }
             let mut model = EfficientAd::new(&config, &device);
+            model.autoencoder = AutoencoderConfig::new(config.out_channels)
+                .with_width_divisor(ae_width_divisor)
+                .init(&device);
             model.init_weights(&mut Rng::new(seed), true, &device);
             if let Some(stats) = teacher_stats {
                 efficientad_training::model::set_teacher_stats_from_file(
@@ -334,7 +347,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 variant,
                 width_divisor,
                 teacher: TeacherProvenance::Random { seed },
-                training: serde_json::Value::Null,
+                // Said in model.json: the autoencoder is narrower than its teacher implies.
+                training: if ae_width_divisor > 1 {
+                    serde_json::json!({ "autoencoder_width_divisor": ae_width_divisor })
+                } else {
+                    serde_json::Value::Null
+                },
             };
             let written = export_bundle(&model, &info, &out)?;
             eprintln!(
