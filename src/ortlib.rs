@@ -91,6 +91,15 @@ fn init(path: &Path, source: LibSource) -> Result<OrtLib, OrtLibError> {
         path: path.to_owned(),
         reason,
     };
+    // dlopen's own words for a library of another architecture are obscure ("wrong ELF class",
+    // "cannot open shared object file"); say what is wrong and what to get instead.
+    if let Some(machine) = foreign_machine(path) {
+        return Err(load_err(format!(
+            "it is built for {machine}, but this efficientad is built for {}; install the {} onnxruntime (on a Jetson: NVIDIA's onnxruntime-gpu wheel for its JetPack) and point {ENV_DYLIB} at its libonnxruntime.so",
+            std::env::consts::ARCH,
+            std::env::consts::ARCH
+        )));
+    }
     let builder = ort::init_from(path).map_err(|e| load_err(e.to_string()))?;
     let environment = builder
         .with_name("efficientad")
@@ -107,6 +116,47 @@ fn init(path: &Path, source: LibSource) -> Result<OrtLib, OrtLibError> {
         source,
         version,
         environment,
+    })
+}
+
+/// The ELF `e_machine` code of the architecture this binary is built for.
+fn own_machine() -> Option<u16> {
+    match std::env::consts::ARCH {
+        "x86_64" => Some(0x3E),
+        "aarch64" => Some(0xB7),
+        _ => None,
+    }
+}
+
+/// The architecture a shared library is built for, if its ELF header names one other than this
+/// binary's. Files that are not ELF, or unreadable, are left to the loader to judge.
+pub fn foreign_machine(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut header = [0u8; 20];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .ok()?;
+    if header[..4] != *b"\x7fELF" {
+        return None;
+    }
+    // e_machine sits at byte 18 in both ELF classes, in the file's byte order (byte 5).
+    let raw = [header[18], header[19]];
+    let machine = if header[5] == 2 {
+        u16::from_be_bytes(raw)
+    } else {
+        u16::from_le_bytes(raw)
+    };
+    if Some(machine) == own_machine() || own_machine().is_none() {
+        return None;
+    }
+    Some(match machine {
+        0x03 => "x86 (32-bit)".to_string(),
+        0x28 => "32-bit ARM".to_string(),
+        0x3E => "x86_64".to_string(),
+        0xB7 => "aarch64".to_string(),
+        0xF3 => "RISC-V".to_string(),
+        0x15 => "PowerPC 64".to_string(),
+        other => format!("ELF machine {other:#06x}"),
     })
 }
 
@@ -232,4 +282,44 @@ fn install(dir: &Path) -> Result<(), OrtLibError> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&staging, dir).map_err(|e| err(e.to_string()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn elf_header(machine: u16) -> Vec<u8> {
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = 2; // 64-bit
+        h[5] = 1; // little-endian
+        h[18..20].copy_from_slice(&machine.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn a_library_of_another_architecture_is_named_as_such() {
+        let dir = std::env::temp_dir().join(format!("efficientad-elf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("libonnxruntime.so");
+
+        std::fs::write(&file, elf_header(0xF3)).expect("write");
+        assert_eq!(foreign_machine(&file).as_deref(), Some("RISC-V"));
+
+        let own = own_machine().expect("x86_64 or aarch64");
+        std::fs::write(&file, elf_header(own)).expect("write");
+        assert_eq!(foreign_machine(&file), None);
+
+        // The other of the two supported architectures.
+        let other = if own == 0x3E { 0xB7 } else { 0x3E };
+        std::fs::write(&file, elf_header(other)).expect("write");
+        let named = foreign_machine(&file).expect("foreign");
+        assert!(named == "x86_64" || named == "aarch64", "{named}");
+        assert_ne!(named, std::env::consts::ARCH);
+
+        // Not ELF at all: the loader's business.
+        std::fs::write(&file, b"not a shared library").expect("write");
+        assert_eq!(foreign_machine(&file), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
