@@ -7,6 +7,7 @@ use super::Outcome;
 
 pub fn run() -> anyhow::Result<Outcome> {
     println!("efficientad {}", env!("CARGO_PKG_VERSION"));
+    println!("platform: {}", platform());
     let lib = ortlib::load()?;
     println!(
         "onnx runtime: {} (version {}, found via {})",
@@ -37,6 +38,21 @@ pub fn run() -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Success)
+}
+
+/// OS and architecture this binary is built for, and the Jetson's L4T release when there is one
+/// (JetPack 6 is L4T R36), since which onnxruntime-gpu wheel fits depends on it.
+fn platform() -> String {
+    let mut line = format!("{} {}", std::env::consts::OS, std::env::consts::ARCH);
+    if let Ok(release) = std::fs::read_to_string("/etc/nv_tegra_release")
+        && let Some(first) = release.lines().next()
+    {
+        line.push_str(&format!(
+            ", NVIDIA Jetson ({})",
+            first.trim_start_matches('#').trim()
+        ));
+    }
+    line
 }
 
 fn one_line(text: &str) -> String {
