@@ -50,6 +50,11 @@ pub struct RunArgs {
     /// or the camera input line that fires exposures, e.g. Line1.
     #[arg(long, value_name = "MODE", default_value = "software")]
     pub gige_trigger: String,
+    /// How GigE frames are received: auto (aravis's packet socket when the process may open
+    /// one, i.e. runs as root or with CAP_NET_RAW, else a UDP socket) or socket (always the UDP
+    /// socket: needed under qemu, which cannot emulate the packet socket's ring buffer).
+    #[arg(long, value_name = "METHOD", default_value = "auto", value_parser = ["auto", "socket"])]
+    pub gige_stream: String,
     /// GigE pixel format to set, e.g. Mono8, RGB8Packed, BayerRG8.
     #[arg(long, value_name = "FORMAT")]
     pub gige_pixel_format: Option<String>,
@@ -89,6 +94,7 @@ impl RunArgs {
             #[cfg(feature = "gige")]
             gige: efficientad::source::gige::GigeSettings {
                 pixel_format: self.gige_pixel_format.clone(),
+                udp_socket_only: self.gige_stream == "socket",
                 exposure_us: self.exposure_us,
                 gain: self.gain,
                 frame_rate: self.camera_fps,

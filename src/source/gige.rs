@@ -19,6 +19,8 @@ use super::{Frame, FrameSource, SourceError};
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GigeSettings {
     pub pixel_format: Option<String>,
+    /// Receive frames on a plain UDP socket, never on aravis's packet socket.
+    pub udp_socket_only: bool,
     pub exposure_us: Option<f64>,
     pub gain: Option<f64>,
     pub frame_rate: Option<f64>,
@@ -28,6 +30,8 @@ pub struct GigeSettings {
 
 /// Buffers handed to the stream.
 const BUFFERS: usize = 4;
+/// Software-triggered exposures tried per grab when frames arrive incomplete.
+const MAX_EXPOSURES: u32 = 3;
 
 fn aravis() -> Option<&'static Aravis> {
     static TOKEN: OnceLock<Option<Aravis>> = OnceLock::new();
@@ -89,6 +93,13 @@ fn open_camera(
         return Err(format!("no GigE camera with id `{id}`; found {ids:?}"));
     }
     let camera = Camera::new(id).map_err(err)?;
+    if settings.udp_socket_only
+        && let Some(gv) = camera
+            .device()
+            .and_then(|d| aravis::glib::object::Cast::downcast::<aravis::GvDevice>(d).ok())
+    {
+        gv.set_stream_options(aravis::GvStreamOption::PACKET_SOCKET_DISABLED);
+    }
     if let Some(format) = &settings.pixel_format {
         camera
             .set_pixel_format_from_string(format)
@@ -123,6 +134,15 @@ fn open_camera(
     }
     let stream = camera.create_stream().map_err(err)?;
     let payload = camera.payload().map_err(err)? as usize;
+    // A frame arrives as a burst of UDP packets; with aravis's default receive buffer (one
+    // payload, less the kernel's per-packet overhead) the tail of a burst is dropped and the
+    // frame times out incomplete. Ask for room for a few frames; the kernel caps it at
+    // net.core.rmem_max (README: GigE tuning).
+    if let Ok(gv) = aravis::glib::object::Cast::downcast::<aravis::GvStream>(stream.clone()) {
+        let size = (payload.saturating_mul(4)).clamp(1 << 20, 64 << 20);
+        gv.set_socket_buffer(aravis::GvStreamSocketBuffer::Fixed);
+        gv.set_socket_buffer_size(i32::try_from(size).unwrap_or(i32::MAX));
+    }
     for _ in 0..BUFFERS {
         stream.push_buffer(Buffer::new_allocate(payload));
     }
@@ -197,25 +217,44 @@ impl FrameSource for GigeSource {
             self.stream.push_buffer(stale);
         }
         let started = Instant::now();
-        if self.settings.trigger.is_empty() || self.settings.trigger == "software" {
-            self.camera
-                .software_trigger()
-                .map_err(|e| SourceError::Disconnected(format!("software trigger failed: {e}")))?;
-        }
-        let Some(buffer) = self.stream.timeout_pop_buffer(timeout.as_micros() as u64) else {
-            // Silence: tell a dead camera from a slow one by asking it something.
-            return match self.camera.payload() {
-                Ok(_) => Err(SourceError::Timeout(timeout)),
-                Err(e) => Err(SourceError::Disconnected(e.to_string())),
+        let deadline = started + timeout;
+        let software = self.settings.trigger.is_empty() || self.settings.trigger == "software";
+        let mut exposures = 0;
+        let (buffer, result) = loop {
+            if software {
+                self.camera.software_trigger().map_err(|e| {
+                    SourceError::Disconnected(format!("software trigger failed: {e}"))
+                })?;
+                exposures += 1;
+            }
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let Some(buffer) = self.stream.timeout_pop_buffer(wait.as_micros() as u64) else {
+                // Silence: tell a dead camera from a slow one by asking it something.
+                return match self.camera.payload() {
+                    Ok(_) => Err(SourceError::Timeout(timeout)),
+                    Err(e) => Err(SourceError::Disconnected(e.to_string())),
+                };
             };
-        };
-        let status = buffer.status();
-        let result = if status == BufferStatus::Success {
-            Self::convert(&buffer)
-        } else {
-            Err(SourceError::BadFrame(format!(
-                "camera delivered an incomplete frame ({status:?})"
-            )))
+            let status = buffer.status();
+            if status == BufferStatus::Success {
+                let result = Self::convert(&buffer);
+                break (buffer, result);
+            }
+            // Lost packets: with a software trigger the part is still in place, so expose it
+            // again while time is left; a line-triggered or free-running camera cannot be asked.
+            if software && exposures < MAX_EXPOSURES && Instant::now() < deadline {
+                self.stream.push_buffer(buffer);
+                continue;
+            }
+            let result = Err(SourceError::BadFrame(format!(
+                "camera delivered an incomplete frame ({status:?}){}",
+                if exposures > 1 {
+                    format!(" {exposures} times")
+                } else {
+                    String::new()
+                }
+            )));
+            break (buffer, result);
         };
         self.stream.push_buffer(buffer);
         self.frames += 1;
