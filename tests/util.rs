@@ -40,13 +40,44 @@ pub fn first_files(dir: &Path, n: usize) -> Vec<PathBuf> {
     files
 }
 
-/// The runtime binary under test.
-pub fn efficientad() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_efficientad"))
+/// The program that runs binaries of the target, if it is not the host: `qemu-aarch64` when
+/// `.ci/aarch64 test` runs these tests for aarch64 (cargo's runner starts this test binary; the
+/// runtime binaries it starts need the same).
+pub fn runner() -> Option<String> {
+    std::env::var("EFFICIENTAD_TEST_RUNNER")
+        .ok()
+        .filter(|r| !r.is_empty())
 }
 
-/// The training binary, built beside this test (`cargo test --workspace` builds it).
+/// The runtime binary under test.
+pub fn efficientad() -> Command {
+    let bin = env!("CARGO_BIN_EXE_efficientad");
+    match runner() {
+        Some(runner) => {
+            let mut cmd = Command::new(runner);
+            cmd.arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    }
+}
+
+/// The runtime binary as a shell command line (with the runner, if any).
+pub fn efficientad_shell() -> String {
+    let bin = env!("CARGO_BIN_EXE_efficientad");
+    match runner() {
+        Some(runner) => format!("{runner} {bin}"),
+        None => bin.to_string(),
+    }
+}
+
+/// The training binary: `EFFICIENTAD_TRAIN_BIN` if set (the aarch64 tests use the host's x86
+/// build: it writes the same model bytes), else the one built beside this test
+/// (`cargo test --workspace` builds it).
 pub fn efficientad_train() -> Command {
+    if let Some(bin) = std::env::var_os("EFFICIENTAD_TRAIN_BIN") {
+        return Command::new(bin);
+    }
     let exe = std::env::current_exe().expect("test executable");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("efficientad-train");
@@ -76,7 +107,8 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Exports a random-weight bundle (narrowed 8x: fast, same graph structure) into `dir`.
+/// Exports a random-weight bundle narrowed `divisor` times (same graph structure, a fraction of
+/// the work) into `dir`; the autoencoder is narrowed 8x.
 pub fn export_random(dir: &Path, seed: u64, divisor: usize) {
     let out = run(efficientad_train()
         .args([
@@ -86,20 +118,23 @@ pub fn export_random(dir: &Path, seed: u64, divisor: usize) {
             &seed.to_string(),
             "--width-divisor",
             &divisor.to_string(),
+            "--ae-width-divisor",
+            "8",
             "--out",
         ])
         .arg(dir));
     assert!(out.status.success(), "export failed: {}", text(&out.stderr));
 }
 
-/// One shared small bundle for the whole test binary.
+/// One shared small bundle for the whole test binary: narrowed 32x (~0.1 GFLOP per image), so
+/// the tests stay quick under qemu too, where ONNX Runtime runs ~120x slower than natively.
 pub fn small_bundle() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir =
             std::env::temp_dir().join(format!("efficientad-test-{}-bundle", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        export_random(&dir, 11, 8);
+        export_random(&dir, 11, 32);
         dir
     })
 }
