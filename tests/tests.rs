@@ -1355,8 +1355,7 @@ fn readme_systemd_units_verify_and_socket_activation_carries_the_protocol_issue8
     }
     activate
         .arg("--")
-        .args(runner())
-        .arg(env!("CARGO_BIN_EXE_efficientad"))
+        .args(efficientad_argv())
         .args(run_args(&source))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -49,26 +49,25 @@ pub fn runner() -> Option<String> {
         .filter(|r| !r.is_empty())
 }
 
-/// The runtime binary under test.
-pub fn efficientad() -> Command {
-    let bin = env!("CARGO_BIN_EXE_efficientad");
-    match runner() {
-        Some(runner) => {
-            let mut cmd = Command::new(runner);
-            cmd.arg(bin);
-            cmd
-        }
-        None => Command::new(bin),
-    }
+/// The runtime binary under test as a command line: the binary, behind the runner if any.
+pub fn efficientad_argv() -> Vec<String> {
+    runner()
+        .into_iter()
+        .chain([env!("CARGO_BIN_EXE_efficientad").to_string()])
+        .collect()
 }
 
-/// The runtime binary as a shell command line (with the runner, if any).
+/// The runtime binary under test.
+pub fn efficientad() -> Command {
+    let argv = efficientad_argv();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
+}
+
+/// The runtime binary as a shell command line.
 pub fn efficientad_shell() -> String {
-    let bin = env!("CARGO_BIN_EXE_efficientad");
-    match runner() {
-        Some(runner) => format!("{runner} {bin}"),
-        None => bin.to_string(),
-    }
+    efficientad_argv().join(" ")
 }
 
 /// The training binary: `EFFICIENTAD_TRAIN_BIN` if set (the aarch64 tests use the host's x86
