@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
-"""PyTorch reference for one EfficientAD-S training step on this CPU (batch 1, all four losses,
-Adam), to compare with efficientad-train's steps/s. Same networks and loss as SPEC.md.
-Usage: python3 torch_step.py [steps]   (needs torch)"""
-import sys
+"""PyTorch reference for one EfficientAD training step on this CPU: batch 1, all four losses,
+Adam, the teacher's output on the training image cached, as in the reference implementation's
+loop (three separate student passes). `efficientad-train bench` runs it to compare with Burn.
+
+Usage: python3 torch_step.py [--variant s|m] [--steps N]   (needs torch)
+The last stdout line is JSON: {"median_s": ..., "torch": "...", "threads": N}.
+"""
+import argparse
+import json
 import time
 
 import torch
@@ -10,11 +15,18 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def pdn_s(out):
+def pdn(variant, out, pad=False):
+    p = 1 if pad else 0
+    if variant == "s":
+        return nn.Sequential(
+            nn.Conv2d(3, 128, 4, padding=3 * p), nn.ReLU(), nn.AvgPool2d(2, 2, padding=p),
+            nn.Conv2d(128, 256, 4, padding=3 * p), nn.ReLU(), nn.AvgPool2d(2, 2, padding=p),
+            nn.Conv2d(256, 256, 3, padding=p), nn.ReLU(), nn.Conv2d(256, out, 4))
     return nn.Sequential(
-        nn.Conv2d(3, 128, 4), nn.ReLU(), nn.AvgPool2d(2, 2),
-        nn.Conv2d(128, 256, 4), nn.ReLU(), nn.AvgPool2d(2, 2),
-        nn.Conv2d(256, 256, 3), nn.ReLU(), nn.Conv2d(256, out, 4))
+        nn.Conv2d(3, 256, 4, padding=3 * p), nn.ReLU(), nn.AvgPool2d(2, 2, padding=p),
+        nn.Conv2d(256, 512, 4, padding=3 * p), nn.ReLU(), nn.AvgPool2d(2, 2, padding=p),
+        nn.Conv2d(512, 512, 1), nn.ReLU(), nn.Conv2d(512, 512, 3, padding=p), nn.ReLU(),
+        nn.Conv2d(512, out, 4), nn.ReLU(), nn.Conv2d(out, out, 1))
 
 
 class Autoencoder(nn.Module):
@@ -37,15 +49,18 @@ class Autoencoder(nn.Module):
 
 
 def main():
-    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variant", choices=["s", "m"], default="s")
+    ap.add_argument("--steps", type=int, default=5)
+    args = ap.parse_args()
     torch.manual_seed(0)
-    teacher, student, ae = pdn_s(384).eval(), pdn_s(768), Autoencoder()
+    teacher, student, ae = pdn(args.variant, 384).eval(), pdn(args.variant, 768), Autoencoder()
     opt = torch.optim.Adam(list(student.parameters()) + list(ae.parameters()), lr=1e-4, weight_decay=1e-5)
     img, pen = torch.rand(1, 3, 256, 256), torch.rand(1, 3, 256, 256)
     with torch.no_grad():
         t_img = teacher(img)
     times = []
-    for i in range(steps + 1):
+    for i in range(args.steps + 1):
         t0 = time.perf_counter()
         aug = torch.clamp(img * 1.1, 0, 1)
         with torch.no_grad():
@@ -63,8 +78,9 @@ def main():
         if i > 0:
             times.append(time.perf_counter() - t0)
     times.sort()
-    med = times[len(times) // 2]
+    med = times[len(times) // 2] if len(times) % 2 else 0.5 * (times[len(times) // 2 - 1] + times[len(times) // 2])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}: median step {med:.3f} s = {1/med:.3f} steps/s")
+    print(json.dumps({"median_s": med, "torch": torch.__version__, "threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{AdamConfig, GradientsParams};
-use burn::tensor::{Tensor, TensorData};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor, TensorData};
 use ort::session::Session;
 use ort::value::TensorRef;
 
@@ -259,6 +259,96 @@ fn views(path: &Path, gray: bool) -> Result<(Vec<f32>, Vec<f32>), String> {
     Ok((b, s))
 }
 
+/// Per-channel mean and std of the distillation targets (SPEC: target normalization).
+pub struct TargetStats {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+/// Adam as the paper distills: lr 1e-4 (given per step), weight decay 1e-5.
+pub fn distill_optimizer() -> ModuleOptimizer {
+    AdamConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(Some(WeightDecayConfig::new(1e-5)))
+        .init()
+}
+
+/// Learning rate of distillation (SPEC).
+pub const DISTILL_LEARNING_RATE: f64 = 1e-4;
+
+/// One distillation step: draws `batch` readable images from `files` with `rng` (each turned
+/// grayscale with probability [`GRAY_P`] in both views), computes their backbone targets,
+/// normalizes them, and takes one Adam step of the MSE. Unreadable images are reported through
+/// `skipped` and replaced by further draws. Returns the stepped PDN and the loss.
+#[allow(clippy::too_many_arguments)]
+pub fn distill_step(
+    pdn: Pdn,
+    optim: &mut ModuleOptimizer,
+    backbone: &mut Backbone,
+    files: &[PathBuf],
+    targets: &TargetStats,
+    batch: usize,
+    rng: &mut Rng,
+    device: &Device,
+    skipped: &mut dyn FnMut(&str),
+) -> Result<(Pdn, f64), DistillError> {
+    let grid = BACKBONE_SIZE / 8;
+    let mut big = Vec::with_capacity(batch * 3 * BACKBONE_SIZE * BACKBONE_SIZE);
+    let mut small = Vec::with_capacity(batch * 3 * IMAGE_SIZE * IMAGE_SIZE);
+    let mut n = 0;
+    let mut failures = 0;
+    while n < batch {
+        let f = &files[rng.below(files.len())];
+        let gray = rng.uniform() < GRAY_P;
+        match views(f, gray) {
+            Ok((b, s)) => {
+                big.extend(b);
+                small.extend(s);
+                n += 1;
+            }
+            Err(e) => {
+                skipped(&format!("skipping {}: {e}", f.display()));
+                failures += 1;
+                // A folder of mostly broken files must not spin forever.
+                if failures > 100 * batch {
+                    return Err(DistillError::Other(format!(
+                        "more than {} unreadable images drawn in one step; check the image folder",
+                        100 * batch
+                    )));
+                }
+            }
+        }
+    }
+    let mut target = Vec::with_capacity(n * TEACHER_CHANNELS * grid * grid);
+    for t in backbone.targets(&big, n)? {
+        let plane = t.len() / TEACHER_CHANNELS;
+        target.extend(
+            t.iter()
+                .enumerate()
+                .map(|(i, v)| (v - targets.mean[i / plane]) / targets.std[i / plane]),
+        );
+    }
+    let target = Tensor::<4>::from_data(
+        TensorData::new(target, [n, TEACHER_CHANNELS, grid, grid]),
+        device,
+    );
+    let x = imagenet_normalize(Tensor::from_data(
+        TensorData::new(small, [n, 3, IMAGE_SIZE, IMAGE_SIZE]),
+        device,
+    ));
+    let loss = crate::loss::mse(pdn.forward(x), target);
+    let value = loss
+        .clone()
+        .into_data()
+        .try_to_vec::<f32>()
+        .ok()
+        .and_then(|v| v.first().copied())
+        .map_or(f64::NAN, f64::from);
+    let mut grads = loss.backward();
+    let g = GradientsParams::from_module(&mut grads, &pdn);
+    Ok((optim.step(DISTILL_LEARNING_RATE, pdn, g), value))
+}
+
 /// Distills a teacher; returns it (padding off) with its checkpoint description.
 pub fn distill(
     config: &DistillConfig,
@@ -318,11 +408,8 @@ pub fn distill(
         .map(|(q, s)| ((q / count - (s / count).powi(2)).max(0.0).sqrt() as f32).max(1e-6))
         .collect();
 
-    let mut optim = AdamConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(Some(WeightDecayConfig::new(1e-5)))
-        .init();
-    let grid = BACKBONE_SIZE / 8;
+    let mut optim = distill_optimizer();
+    let targets = TargetStats { mean, std };
     let mut step = 0;
     while step < config.steps {
         if stop.load(Ordering::SeqCst) {
@@ -332,54 +419,23 @@ pub fn distill(
             break;
         }
         let t0 = Instant::now();
-        let mut big = Vec::with_capacity(config.batch * 3 * BACKBONE_SIZE * BACKBONE_SIZE);
-        let mut small = Vec::with_capacity(config.batch * 3 * IMAGE_SIZE * IMAGE_SIZE);
-        let mut n = 0;
-        while n < config.batch {
-            let f = &files[rng.below(files.len())];
-            let gray = rng.uniform() < GRAY_P;
-            match views(f, gray) {
-                Ok((b, s)) => {
-                    big.extend(b);
-                    small.extend(s);
-                    n += 1;
-                }
-                Err(e) => events(Event::Message(&format!("skipping {}: {e}", f.display()))),
-            }
-        }
-        let mut target = Vec::with_capacity(n * TEACHER_CHANNELS * grid * grid);
-        for t in backbone.targets(&big, n)? {
-            let plane = t.len() / TEACHER_CHANNELS;
-            target.extend(
-                t.iter()
-                    .enumerate()
-                    .map(|(i, v)| (v - mean[i / plane]) / std[i / plane]),
-            );
-        }
-        let target = Tensor::<4>::from_data(
-            TensorData::new(target, [n, TEACHER_CHANNELS, grid, grid]),
+        let (stepped, value) = distill_step(
+            pdn,
+            &mut optim,
+            &mut backbone,
+            &files,
+            &targets,
+            config.batch,
+            &mut rng,
             &device,
-        );
-        let x = imagenet_normalize(Tensor::from_data(
-            TensorData::new(small, [n, 3, IMAGE_SIZE, IMAGE_SIZE]),
-            &device,
-        ));
-        let loss = crate::loss::mse(pdn.forward(x), target);
-        let value = loss
-            .clone()
-            .into_data()
-            .try_to_vec::<f32>()
-            .ok()
-            .and_then(|v| v.first().copied())
-            .unwrap_or(f32::NAN);
-        let mut grads = loss.backward();
-        let g = GradientsParams::from_module(&mut grads, &pdn);
-        pdn = optim.step(1e-4, pdn, g);
+            &mut |m| events(Event::Message(m)),
+        )?;
+        pdn = stepped;
         step += 1;
         events(Event::Step {
             step,
-            loss: f64::from(value),
-            images_per_second: n as f64 / t0.elapsed().as_secs_f64(),
+            loss: value,
+            images_per_second: config.batch as f64 / t0.elapsed().as_secs_f64(),
         });
     }
     let mut teacher = pdn.valid();

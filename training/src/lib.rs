@@ -2,11 +2,14 @@
 //! deployment graph. The runtime (`efficientad`) executes what this crate exports.
 
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
+pub mod conv;
 pub mod data;
 pub mod distill;
 pub mod export;
 pub mod loss;
 pub mod model;
+pub mod pool;
 pub mod teacher;
 pub mod train;

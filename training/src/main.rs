@@ -1,5 +1,5 @@
-//! `efficientad-train`: teacher import, export of deployment bundles (and, as they land,
-//! distillation and training). Thin: parse, validate, call the library, map errors to exit codes.
+//! `efficientad-train`: teacher import and distillation, training, export of deployment
+//! bundles, and the training benchmark. Thin: parse, validate, call the library, map errors to exit codes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use burn::tensor::Device;
 use clap::{Parser, Subcommand};
 use efficientad_training::backend::Backend;
+use efficientad_training::bench::BenchConfig;
 use efficientad_training::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
 use efficientad_training::data::Rng;
 use efficientad_training::distill::{DistillConfig, Event as DistillEvent, distill};
@@ -18,6 +19,13 @@ use efficientad_training::model::{
 use efficientad_training::teacher::import_teacher;
 use efficientad_training::train::FitConfig;
 
+mod bench_cli;
+
+/// Training frees and reallocates tensors of tens of MiB at every operation. glibc's allocator
+/// returns such blocks to the kernel at once (munmap), so each step paid for page faults,
+/// zeroing and cross-core TLB shootdowns; mimalloc keeps the pages for the next tensor.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod fit;
 
 #[derive(Parser)]
@@ -107,6 +115,43 @@ enum Command {
         /// Use at most N training images (quick runs).
         #[arg(long, hide = true)]
         train_limit: Option<usize>,
+        /// Compute device: cpu, or wgpu (a GPU; needs a build with --features wgpu).
+        #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+        device: Backend,
+    },
+    /// Time the real `fit` step (all four losses, Adam, batch 1, 256²) and the real distillation
+    /// step (backbone targets included) on real images, and — when python3 can import torch —
+    /// PyTorch's same steps in the same invocation (ratio above 1: Burn is faster).
+    Bench {
+        #[arg(long, value_parser = parse_variant, default_value = "s")]
+        variant: Variant,
+        /// Timed steps of each kind (after one warm-up step); the median is reported.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Print one JSON line instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// MVTec-layout dataset whose train/good images feed the fit step.
+        #[arg(long, default_value = "../shared/data/mtd")]
+        dataset: PathBuf,
+        /// Natural images: the penalty images of fit and the distillation images.
+        #[arg(long, default_value = "../shared/data/imagenet-sample")]
+        images: PathBuf,
+        /// Distillation backbone (ONNX).
+        #[arg(
+            long,
+            default_value = "../shared/weights/efficientnet_lite0_features.onnx"
+        )]
+        backbone: PathBuf,
+        /// Images per distillation step.
+        #[arg(long, default_value_t = 8)]
+        distill_batch: usize,
+        /// Skip the PyTorch comparison.
+        #[arg(long)]
+        no_torch: bool,
+        /// Folder of the PyTorch scripts torch_step.py and torch_distill.py.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/bench"))]
+        scripts: PathBuf,
         /// Compute device: cpu, or wgpu (a GPU; needs a build with --features wgpu).
         #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         device: Backend,
@@ -275,6 +320,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let calibration_out = calibration_out
                 .unwrap_or_else(|| PathBuf::from("calibration").join(format!("{name}.json")));
             fit::run(&config, resume, &calibration_out)?;
+        }
+        Command::Bench {
+            variant,
+            steps,
+            json,
+            dataset,
+            images,
+            backbone,
+            distill_batch,
+            no_torch,
+            scripts,
+            device: backend,
+        } => {
+            if steps == 0 || distill_batch == 0 {
+                bail!("--steps and --distill-batch must be at least 1");
+            }
+            for (path, what) in [(&dataset, "--dataset"), (&images, "--images")] {
+                if !path.is_dir() {
+                    bail!("{what} {} is not a folder", path.display());
+                }
+            }
+            if !backbone.is_file() {
+                bail!("--backbone {} is not a file", backbone.display());
+            }
+            let config = BenchConfig {
+                variant,
+                steps,
+                dataset,
+                natural_images: images,
+                backbone,
+                distill_batch,
+                backend,
+                torch: !no_torch,
+                scripts,
+            };
+            bench_cli::run(&config, json)?;
         }
         Command::ImportTeacher { pth, variant, out } => {
             let teacher = import_teacher(&pth, variant, &device)?;

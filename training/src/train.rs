@@ -99,6 +99,12 @@ fn scalar(t: &Tensor<1>) -> f64 {
 /// The four losses for fixed inputs (student and autoencoder on `device`, which may track
 /// gradients). Returns the total as a tensor for `backward`.
 ///
+/// The student sees its three inputs (training image, penalty image, augmented image) as one
+/// batch through its trunk; its output convolution then runs per half: the first C channels
+/// for the image and the penalty image (the hard and penalty losses read only those), the last
+/// C for the augmented image (the student–autoencoder loss reads only those). Same losses as
+/// three full passes, two thirds of the work in the output convolution.
+///
 /// `dropout` draws the autoencoder's dropout masks; `None` runs it without dropout.
 pub fn losses(
     model: &EfficientAd,
@@ -108,37 +114,45 @@ pub fn losses(
 ) -> (Tensor<1>, StepLosses, HardSelection) {
     let c = model.teacher.out_channels();
     let s = IMAGE_SIZE;
-    let norm = crate::model::imagenet_normalize;
-    let student_slice = |x: Tensor<4>, lo: usize, hi: usize| {
-        let [n, _, h, w] = x.dims();
-        x.slice([0..n, lo..hi, 0..h, 0..w])
-    };
     let map_dims = |len: usize| [1, c, (len / c).isqrt(), (len / c).isqrt()];
 
-    let image = norm(tensor4(inputs.image, [1, 3, s, s], device));
+    let mut batch = Vec::with_capacity(3 * 3 * s * s);
+    for part in [inputs.image, inputs.penalty, inputs.augmented] {
+        batch.extend_from_slice(part);
+    }
+    let x = crate::model::imagenet_normalize(tensor4(&batch, [3, 3, s, s], device));
+    let trunk = model.student.trunk(x.clone());
+    let [_, hidden, h, w] = trunk.dims();
+    let first = model
+        .student
+        .head(trunk.clone().slice([0..2, 0..hidden, 0..h, 0..w]), 0..c);
+    let second = model
+        .student
+        .head(trunk.slice([2..3, 0..hidden, 0..h, 0..w]), c..2 * c);
+    let [_, _, oh, ow] = first.dims();
+    let s_image = first.clone().slice([0..1, 0..c, 0..oh, 0..ow]);
+    let s_penalty = first.slice([1..2, 0..c, 0..oh, 0..ow]);
+
     let t_image = tensor4(
         inputs.teacher_image,
         map_dims(inputs.teacher_image.len()),
         device,
     );
-    let (l_hard, selection) = hard_loss(t_image, student_slice(model.student.forward(image), 0, c));
+    let (l_hard, selection) = hard_loss(t_image, s_image);
+    let l_pen = penalty_loss(s_penalty);
 
-    let penalty = norm(tensor4(inputs.penalty, [1, 3, s, s], device));
-    let l_pen = penalty_loss(student_slice(model.student.forward(penalty), 0, c));
-
-    let augmented = norm(tensor4(inputs.augmented, [1, 3, s, s], device));
+    let augmented = x.slice([2..3, 0..3, 0..s, 0..s]);
     let t_aug = tensor4(
         inputs.teacher_augmented,
         map_dims(inputs.teacher_augmented.len()),
         device,
     );
     let a = match dropout {
-        Some(rng) => model.autoencoder.forward_train(augmented.clone(), rng),
-        None => model.autoencoder.forward(augmented.clone()),
+        Some(rng) => model.autoencoder.forward_train(augmented, rng),
+        None => model.autoencoder.forward(augmented),
     };
-    let s_ae = student_slice(model.student.forward(augmented), c, 2 * c);
     let l_ae = mse(t_aug, a.clone());
-    let l_stae = mse(a, s_ae);
+    let l_stae = mse(a, second);
 
     let values = StepLosses {
         hard: scalar(&l_hard),
@@ -153,6 +167,117 @@ pub fn losses(
         ..values
     };
     (total, values, selection)
+}
+
+/// What every training step reads besides the model: the images in memory at network
+/// resolution, the frozen teacher, its cached outputs and statistics.
+pub struct StepData {
+    /// Training images, RGB `IMAGE_SIZE`².
+    pub train: Vec<Vec<u8>>,
+    /// Penalty images, RGB `IMAGE_SIZE`² (already resized to 512 and centre-cropped).
+    pub penalty: Vec<Vec<u8>>,
+    /// The teacher on the plain device.
+    pub teacher: Pdn,
+    /// T̂(I) of every training image, `[C·56·56]`.
+    pub teacher_outputs: Vec<Vec<f32>>,
+    /// Teacher channel mean μ and std σ.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl StepData {
+    /// Runs the teacher over the training images once: its outputs, μ and σ (SPEC: over all
+    /// unaugmented training images, pixels pooled), and the normalized outputs.
+    pub fn new(
+        train: Vec<Vec<u8>>,
+        penalty: Vec<Vec<u8>>,
+        teacher: Pdn,
+        device: &Device,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Self {
+        let channels = teacher.out_channels();
+        let mut raw = Vec::with_capacity(train.len());
+        for (i, px) in train.iter().enumerate() {
+            raw.push(teacher_raw(&teacher, &data::to_chw(px, IMAGE_SIZE), device));
+            progress(i + 1, train.len());
+        }
+        let (mean, std) = channel_stats(&raw, channels);
+        let teacher_outputs = raw.iter().map(|r| normalize(r, &mean, &std)).collect();
+        Self {
+            train,
+            penalty,
+            teacher,
+            teacher_outputs,
+            mean,
+            std,
+        }
+    }
+}
+
+/// The two Adam optimizers of a run (student, autoencoder).
+pub struct Optimizers {
+    pub student: ModuleOptimizer,
+    pub autoencoder: ModuleOptimizer,
+}
+
+impl Optimizers {
+    /// Fresh Adam (SPEC: L2 weight decay 1e-5, not AdamW).
+    pub fn new() -> Self {
+        Self {
+            student: adam(),
+            autoencoder: adam(),
+        }
+    }
+}
+
+impl Default for Optimizers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One optimizer step on training image `index`: draws the penalty image, its grayscale coin,
+/// the augmentation and the dropout masks from `rng` (in that order), computes the four losses,
+/// backpropagates once and steps both optimizers with learning rate `lr`.
+///
+/// `plain` runs the frozen teacher on the augmented image; `device` is the autodiff device of
+/// `model`.
+pub fn step(
+    model: EfficientAd,
+    optimizers: &mut Optimizers,
+    data: &StepData,
+    index: usize,
+    rng: &mut Rng,
+    lr: f64,
+    (plain, device): (&Device, &Device),
+) -> (EfficientAd, StepLosses) {
+    let image = data::to_chw(&data.train[index], IMAGE_SIZE);
+    let mut penalty = data::to_chw(&data.penalty[rng.below(data.penalty.len())], IMAGE_SIZE);
+    if rng.uniform() < PENALTY_GRAY_P {
+        data::grayscale(&mut penalty);
+    }
+    let mut augmented = image.clone();
+    ColorJitter::sample(rng).apply(&mut augmented);
+    let teacher_augmented = normalize(
+        &teacher_raw(&data.teacher, &augmented, plain),
+        &data.mean,
+        &data.std,
+    );
+    let inputs = StepInputs {
+        image: &image,
+        teacher_image: &data.teacher_outputs[index],
+        penalty: &penalty,
+        augmented: &augmented,
+        teacher_augmented: &teacher_augmented,
+    };
+    let (total, values, _) = losses(&model, &inputs, Some(rng), device);
+    let mut grads = total.backward();
+    let grads_student = GradientsParams::from_module(&mut grads, &model.student);
+    let grads_ae = GradientsParams::from_module(&mut grads, &model.autoencoder);
+    let mut model = model;
+    model.student = optimizers.student.step(lr, model.student, grads_student);
+    model.autoencoder = optimizers.autoencoder.step(lr, model.autoencoder, grads_ae);
+    (model, values)
 }
 
 /// Teacher outputs (raw, before μ/σ) of an image on the plain device, `[C·56·56]`.
@@ -297,7 +422,7 @@ pub fn train(
         training: serde_json::Value::Null,
     };
     let ckpt = work.checkpoint_dir();
-    let (mut model, mut optim_student, mut optim_ae, mut state) = if resume {
+    let (mut model, optim_student, optim_ae, mut state) = if resume {
         let state_text = std::fs::read_to_string(ckpt.join("state.json")).map_err(|e| {
             TrainError::Resume(format!("no checkpoint in {} ({e})", ckpt.display()))
         })?;
@@ -396,24 +521,27 @@ pub fn train(
     }
 
     // Teacher outputs of the unaugmented training images: computed once, then μ and σ.
-    let teacher = teacher_pdn;
-    let channels = teacher.out_channels();
-    let mut raw_cache = Vec::with_capacity(train_set.pixels.len());
-    for (i, px) in train_set.pixels.iter().enumerate() {
-        raw_cache.push(teacher_raw(&teacher, &data::to_chw(px, IMAGE_SIZE), &plain));
-        events(Event::Loading {
-            done: i + 1,
-            total: train_set.pixels.len(),
-            what: "teacher outputs",
-        });
-    }
-    let (mean, std) = channel_stats(&raw_cache, channels);
-    set_teacher_stats(&mut model, &mean, &std, &device).map_err(TrainError::Io)?;
-    let cache: Vec<Vec<f32>> = raw_cache
-        .iter()
-        .map(|r| normalize(r, &mean, &std))
-        .collect();
-    drop(raw_cache);
+    let train_count = train_set.pixels.len();
+    let penalty_count = penalty_set.pixels.len();
+    let step_data = StepData::new(
+        train_set.pixels,
+        penalty_set.pixels,
+        teacher_pdn,
+        &plain,
+        &mut |done, total| {
+            events(Event::Loading {
+                done,
+                total,
+                what: "teacher outputs",
+            })
+        },
+    );
+    set_teacher_stats(&mut model, &step_data.mean, &step_data.std, &device)
+        .map_err(TrainError::Io)?;
+    let mut optimizers = Optimizers {
+        student: optim_student,
+        autoencoder: optim_ae,
+    };
 
     let mut log = std::fs::OpenOptions::new()
         .create(true)
@@ -436,35 +564,21 @@ pub fn train(
         }
         let index = state.order[state.position];
         state.position += 1;
-        let image = data::to_chw(&train_set.pixels[index], IMAGE_SIZE);
-        let mut penalty = data::to_chw(
-            &penalty_set.pixels[state.rng.below(penalty_set.pixels.len())],
-            IMAGE_SIZE,
-        );
-        if state.rng.uniform() < PENALTY_GRAY_P {
-            data::grayscale(&mut penalty);
-        }
-        let mut augmented = image.clone();
-        ColorJitter::sample(&mut state.rng).apply(&mut augmented);
-        let teacher_augmented = normalize(&teacher_raw(&teacher, &augmented, &plain), &mean, &std);
-        let inputs = StepInputs {
-            image: &image,
-            teacher_image: &cache[index],
-            penalty: &penalty,
-            augmented: &augmented,
-            teacher_augmented: &teacher_augmented,
-        };
-        let (total, values, _) = losses(&model, &inputs, Some(&mut state.rng), &device);
-        let mut grads = total.backward();
-        let grads_student = GradientsParams::from_module(&mut grads, &model.student);
-        let grads_ae = GradientsParams::from_module(&mut grads, &model.autoencoder);
         let lr = if (state.step as f64) < LR_DROP_AT * config.steps as f64 {
             LEARNING_RATE
         } else {
             LEARNING_RATE * 0.1
         };
-        model.student = optim_student.step(lr, model.student, grads_student);
-        model.autoencoder = optim_ae.step(lr, model.autoencoder, grads_ae);
+        let (stepped, values) = step(
+            model,
+            &mut optimizers,
+            &step_data,
+            index,
+            &mut state.rng,
+            lr,
+            (&plain, &device),
+        );
+        model = stepped;
         state.step += 1;
         state.last_losses = values;
         let rate = 1.0 / t0.elapsed().as_secs_f64();
@@ -483,16 +597,16 @@ pub fn train(
             && state.step % config.checkpoint_every == 0
             && state.step < config.steps
         {
-            save_checkpoint(&work, &model, &info, &optim_student, &optim_ae, &state)?;
+            save_checkpoint(&work, &model, &info, &optimizers, &state)?;
         }
     }
     state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
-    save_checkpoint(&work, &model, &info, &optim_student, &optim_ae, &state)?;
+    save_checkpoint(&work, &model, &info, &optimizers, &state)?;
     info.training = serde_json::json!({
         "dataset": config.dataset.display().to_string(),
         "validation": validation_label,
-        "training_images": train_set.pixels.len(),
-        "penalty_images": penalty_set.pixels.len(),
+        "training_images": train_count,
+        "penalty_images": penalty_count,
         "steps": state.step,
         "planned_steps": config.steps,
         "seed": config.seed,
@@ -516,8 +630,7 @@ pub fn save_checkpoint(
     work: &Work,
     model: &EfficientAd,
     info: &CheckpointInfo,
-    optim_student: &ModuleOptimizer,
-    optim_ae: &ModuleOptimizer,
+    optimizers: &Optimizers,
     state: &RunState,
 ) -> Result<(), TrainError> {
     let dir = work.checkpoint_dir();
@@ -525,10 +638,14 @@ pub fn save_checkpoint(
     checkpoint::save_model(model, info, &dir.join("model.bpk"))?;
     let _ = std::fs::remove_file(dir.join("optim_student.bpk"));
     let _ = std::fs::remove_file(dir.join("optim_ae.bpk"));
-    optim_student
+    optimizers
+        .student
         .save(dir.join("optim_student.bpk"))
         .map_err(io)?;
-    optim_ae.save(dir.join("optim_ae.bpk")).map_err(io)?;
+    optimizers
+        .autoencoder
+        .save(dir.join("optim_ae.bpk"))
+        .map_err(io)?;
     std::fs::write(
         dir.join("state.json"),
         serde_json::to_string(state).map_err(io)?,

@@ -6,6 +6,8 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+
+use crate::conv::conv2d;
 use burn::nn::interpolate::{Interpolate2dConfig, InterpolateMode};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -98,20 +100,20 @@ impl Autoencoder {
         let last = self.encoder.len() - 1;
         let mut x = x;
         for (i, conv) in self.encoder.iter().enumerate() {
-            x = conv.forward(x);
+            x = conv2d(conv, x);
             if i < last {
                 x = relu(x);
             }
         }
         for (conv, size) in self.decoder.iter().zip(DECODER_SIZES) {
-            x = relu(conv.forward(resize(x, size)));
+            x = relu(conv2d(conv, resize(x, size)));
             if let Some(rng) = rng.as_deref_mut() {
                 x = dropout(x, rng);
             }
         }
         let x = resize(x, OUTPUT_SIZE);
-        let x = relu(self.decoder[6].forward(x));
-        self.decoder[7].forward(x)
+        let x = relu(conv2d(&self.decoder[6], x));
+        conv2d(&self.decoder[7], x)
     }
 
     /// All convolutions, encoder first.

@@ -8,6 +8,9 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+
+use crate::conv::{conv2d, conv2d_with};
+use crate::pool::avg_pool;
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
@@ -193,16 +196,41 @@ impl Pdn {
     /// - input: `[N, 3, H, W]`, ImageNet-normalized.
     /// - output: `[N, C, H/4 - 8, W/4 - 8]` with padding off, `[N, C, H/4, W/4]` with padding on.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.pool.forward(relu(self.conv1.forward(x)));
-        let x = self.pool.forward(relu(self.conv2.forward(x)));
-        let x = relu(self.conv3.forward(x));
-        match (&self.conv5, &self.conv6) {
-            (Some(conv5), Some(conv6)) => {
-                let x = relu(self.conv4.forward(x));
-                let x = relu(conv5.forward(x));
-                conv6.forward(x)
-            }
-            _ => self.conv4.forward(x),
+        let out = self.out_channels();
+        self.head(self.trunk(x), 0..out)
+    }
+
+    /// Everything before the output convolution.
+    ///
+    /// # Shapes
+    /// - input: `[N, 3, H, W]`, ImageNet-normalized; output `[N, C_hidden, h', w']`.
+    pub fn trunk(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = avg_pool(&self.pool, relu(conv2d(&self.conv1, x)));
+        let x = avg_pool(&self.pool, relu(conv2d(&self.conv2, x)));
+        let x = relu(conv2d(&self.conv3, x));
+        match &self.conv5 {
+            Some(conv5) => relu(conv2d(conv5, relu(conv2d(&self.conv4, x)))),
+            None => x,
         }
+    }
+
+    /// The output convolution, for the output channels `channels` only: the student's two
+    /// halves serve different losses, so a training step computes each half only for the
+    /// images whose loss reads it. The result equals `forward(x)` sliced to `channels`.
+    ///
+    /// # Shapes
+    /// - input: `trunk`'s output `[N, C_hidden, h', w']`; output `[N, channels.len(), h, w]`.
+    pub fn head(&self, features: Tensor<4>, channels: std::ops::Range<usize>) -> Tensor<4> {
+        let last = self.conv6.as_ref().unwrap_or(&self.conv4);
+        if channels.start == 0 && channels.end == self.out_channels() {
+            return conv2d(last, features);
+        }
+        let [_, ci, kh, kw] = last.weight.dims();
+        let weight = last
+            .weight
+            .val()
+            .slice([channels.clone(), 0..ci, 0..kh, 0..kw]);
+        let bias = last.bias.as_ref().map(|b| b.val().slice([channels]));
+        conv2d_with(last, weight, bias, features)
     }
 }

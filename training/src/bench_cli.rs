@@ -1,0 +1,146 @@
+//! `efficientad-train bench`: Burn's `fit` and distillation steps against PyTorch's on this
+//! machine, side by side; a table, or one JSON line with `--json`.
+
+use efficientad_training::bench::{
+    BenchConfig, Reference, Timing, bench_distill, bench_fit, run_reference, torch_available,
+};
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn comparison(burn: &Timing, reference: &Reference) -> serde_json::Value {
+    match reference {
+        Reference::Measured { median_s, .. } => serde_json::json!({
+            "burn_s": burn.median_s,
+            "torch_s": median_s,
+            "ratio": median_s / burn.median_s,
+            "burn_steps_s": burn.steps_s,
+        }),
+        Reference::Unavailable(why) => serde_json::json!({
+            "burn_s": burn.median_s,
+            "torch_s": null,
+            "ratio": null,
+            "burn_steps_s": burn.steps_s,
+            "torch_unavailable": why,
+        }),
+    }
+}
+
+fn line(name: &str, burn: &Timing, reference: &Reference) -> String {
+    match reference {
+        Reference::Measured { median_s, .. } => format!(
+            "{name:<8} burn {:>7.3} s   torch {:>7.3} s   ratio {:.2} (above 1: Burn is faster)",
+            burn.median_s,
+            median_s,
+            median_s / burn.median_s
+        ),
+        Reference::Unavailable(_) => format!("{name:<8} burn {:>7.3} s", burn.median_s),
+    }
+}
+
+pub fn run(config: &BenchConfig, json: bool) -> anyhow::Result<()> {
+    let say = |m: &str| eprintln!("efficientad-train bench: {m}");
+    let torch = if config.torch {
+        torch_available()
+    } else {
+        Err("--no-torch".to_owned())
+    };
+    match &torch {
+        Ok(version) => say(&format!(
+            "PyTorch {version} found: it runs the same steps after Burn"
+        )),
+        Err(why) => say(&format!(
+            "no PyTorch comparison: {why}; Burn's figures alone"
+        )),
+    }
+    let threads = rayon::current_num_threads();
+    let variant = config.variant.letter().to_owned();
+    let steps = config.steps.to_string();
+
+    let fit = bench_fit(config, &mut |m| say(m))?;
+    let fit_peak = peak_rss_mib();
+    let fit_torch = match &torch {
+        Ok(_) => {
+            say("fit: PyTorch reference (torch_step.py)");
+            run_reference(
+                &config.scripts.join("torch_step.py"),
+                &[
+                    "--variant".into(),
+                    variant.clone(),
+                    "--steps".into(),
+                    steps.clone(),
+                ],
+            )
+        }
+        Err(why) => Reference::Unavailable(why.clone()),
+    };
+
+    let distill = bench_distill(config, &mut |m| say(m))?;
+    let distill_torch = match &torch {
+        Ok(_) => {
+            say("distill: PyTorch reference (torch_distill.py)");
+            run_reference(
+                &config.scripts.join("torch_distill.py"),
+                &[
+                    "--images".into(),
+                    config.natural_images.display().to_string(),
+                    "--backbone".into(),
+                    config.backbone.display().to_string(),
+                    "--variant".into(),
+                    variant.clone(),
+                    "--batch".into(),
+                    config.distill_batch.to_string(),
+                    "--steps".into(),
+                    steps,
+                ],
+            )
+        }
+        Err(why) => Reference::Unavailable(why.clone()),
+    };
+    for (name, r) in [("fit", &fit_torch), ("distill", &distill_torch)] {
+        if let (Ok(_), Reference::Unavailable(why)) = (&torch, r) {
+            say(&format!("{name}: the PyTorch reference did not run: {why}"));
+        }
+    }
+
+    let mut fit_json = comparison(&fit, &fit_torch);
+    fit_json["peak_rss_mib"] = serde_json::json!(fit_peak);
+    let torch_version = match (&fit_torch, &distill_torch) {
+        (Reference::Measured { version, .. }, _) | (_, Reference::Measured { version, .. }) => {
+            serde_json::json!(version)
+        }
+        _ => serde_json::Value::Null,
+    };
+    let summary = serde_json::json!({
+        "fit": fit_json,
+        "distill": comparison(&distill, &distill_torch),
+        "threads": threads,
+        "variant": variant,
+        "distill_batch": config.distill_batch,
+        "steps": config.steps,
+        "torch": torch_version,
+    });
+    if json {
+        println!("{summary}");
+    } else {
+        println!(
+            "PDN-{variant}, {threads} threads, median of {} steps after a warm-up:",
+            config.steps
+        );
+        println!("{}", line("fit", &fit, &fit_torch));
+        println!(
+            "{}   (batch {})",
+            line("distill", &distill, &distill_torch),
+            config.distill_batch
+        );
+        if let Some(mib) = fit_peak {
+            println!("peak memory during the fit steps: {mib:.0} MiB");
+        }
+    }
+    Ok(())
+}
