@@ -7,6 +7,7 @@
 //! dropout — comes from one seeded stream (`data::Rng`), restored on `--resume`, so a resumed
 //! run is bit-identical to an uninterrupted one.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -178,16 +179,23 @@ pub struct StepData {
     pub penalty: Vec<Vec<u8>>,
     /// The teacher on the plain device.
     pub teacher: Pdn,
-    /// T̂(I) of every training image, `[C·56·56]`.
-    pub teacher_outputs: Vec<Vec<f32>>,
+    /// T̂(I) of the training images that fit in [`TEACHER_CACHE_BYTES`], `[C·56·56]`; `None`
+    /// for the others, whose outputs each step recomputes.
+    pub teacher_outputs: Vec<Option<Vec<f32>>>,
     /// Teacher channel mean μ and std σ.
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
 }
 
+/// Memory for cached teacher outputs (4.8 MB per image for PDN-S). 665 MTD training images
+/// would need 3.2 GB, which with the rest of a run passed 4 GiB; beyond the budget, a step
+/// runs the teacher on its training image again (~0.2 s on 2 cores), an exact recomputation.
+pub const TEACHER_CACHE_BYTES: usize = 2 << 30;
+
 impl StepData {
-    /// Runs the teacher over the training images once: its outputs, μ and σ (SPEC: over all
-    /// unaugmented training images, pixels pooled), and the normalized outputs.
+    /// Runs the teacher over the training images once: μ and σ over all of them (SPEC: over all
+    /// unaugmented training images, pixels pooled), and the normalized outputs of as many as
+    /// the cache holds.
     pub fn new(
         train: Vec<Vec<u8>>,
         penalty: Vec<Vec<u8>>,
@@ -195,14 +203,25 @@ impl StepData {
         device: &Device,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Self {
-        let channels = teacher.out_channels();
-        let mut raw = Vec::with_capacity(train.len());
+        let mut stats = ChannelStats::new(teacher.out_channels());
+        let mut teacher_outputs = Vec::with_capacity(train.len());
+        let mut cached = 0usize;
         for (i, px) in train.iter().enumerate() {
-            raw.push(teacher_raw(&teacher, &data::to_chw(px, IMAGE_SIZE), device));
+            let raw = teacher_raw(&teacher, &data::to_chw(px, IMAGE_SIZE), device);
+            stats.add(&raw);
+            let bytes = raw.len() * std::mem::size_of::<f32>();
+            if cached + bytes <= TEACHER_CACHE_BYTES {
+                cached += bytes;
+                teacher_outputs.push(Some(raw));
+            } else {
+                teacher_outputs.push(None);
+            }
             progress(i + 1, train.len());
         }
-        let (mean, std) = channel_stats(&raw, channels);
-        let teacher_outputs = raw.iter().map(|r| normalize(r, &mean, &std)).collect();
+        let (mean, std) = stats.finish();
+        for out in teacher_outputs.iter_mut().flatten() {
+            normalize_in_place(out, &mean, &std);
+        }
         Self {
             train,
             penalty,
@@ -210,6 +229,18 @@ impl StepData {
             teacher_outputs,
             mean,
             std,
+        }
+    }
+
+    /// T̂(I) of training image `index`: from the cache, or computed now.
+    fn teacher_output(&self, index: usize, chw: &[f32], device: &Device) -> Cow<'_, [f32]> {
+        match &self.teacher_outputs[index] {
+            Some(cached) => Cow::Borrowed(cached),
+            None => {
+                let mut out = teacher_raw(&self.teacher, chw, device);
+                normalize_in_place(&mut out, &self.mean, &self.std);
+                Cow::Owned(out)
+            }
         }
     }
 }
@@ -258,14 +289,12 @@ pub fn step(
     }
     let mut augmented = image.clone();
     ColorJitter::sample(rng).apply(&mut augmented);
-    let teacher_augmented = normalize(
-        &teacher_raw(&data.teacher, &augmented, plain),
-        &data.mean,
-        &data.std,
-    );
+    let teacher_image = data.teacher_output(index, &image, plain);
+    let mut teacher_augmented = teacher_raw(&data.teacher, &augmented, plain);
+    normalize_in_place(&mut teacher_augmented, &data.mean, &data.std);
     let inputs = StepInputs {
         image: &image,
-        teacher_image: &data.teacher_outputs[index],
+        teacher_image: &teacher_image,
         penalty: &penalty,
         augmented: &augmented,
         teacher_augmented: &teacher_augmented,
@@ -292,37 +321,62 @@ pub fn teacher_raw(teacher: &Pdn, chw: &[f32], device: &Device) -> Vec<f32> {
 
 /// Per-channel mean and population std over all pixels of all outputs (`[C·H·W]` each).
 pub fn channel_stats(outputs: &[Vec<f32>], channels: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut sum = vec![0f64; channels];
-    let mut sq = vec![0f64; channels];
-    let mut count = 0f64;
+    let mut stats = ChannelStats::new(channels);
     for out in outputs {
-        let plane = out.len() / channels;
-        for c in 0..channels {
-            for &v in &out[c * plane..(c + 1) * plane] {
-                sum[c] += f64::from(v);
-                sq[c] += f64::from(v) * f64::from(v);
-            }
-        }
-        count += plane as f64;
+        stats.add(out);
     }
-    let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
-    let std: Vec<f32> = sq
-        .iter()
-        .zip(&mean)
-        .map(|(q, m)| ((q / count - m * m).max(0.0)).sqrt() as f32)
-        .collect();
-    (mean.into_iter().map(|m| m as f32).collect(), std)
+    stats.finish()
 }
 
-fn normalize(raw: &[f32], mean: &[f32], std: &[f32]) -> Vec<f32> {
-    let plane = raw.len() / mean.len();
-    raw.iter()
-        .enumerate()
-        .map(|(i, &v)| {
-            let c = i / plane;
-            (v - mean[c]) / std[c].max(crate::model::MIN_TEACHER_STD)
-        })
-        .collect()
+/// Running per-channel sums for [`channel_stats`], one output at a time.
+struct ChannelStats {
+    sum: Vec<f64>,
+    sq: Vec<f64>,
+    count: f64,
+}
+
+impl ChannelStats {
+    fn new(channels: usize) -> Self {
+        Self {
+            sum: vec![0.0; channels],
+            sq: vec![0.0; channels],
+            count: 0.0,
+        }
+    }
+
+    /// Adds one `[C·H·W]` output.
+    fn add(&mut self, out: &[f32]) {
+        let plane = out.len() / self.sum.len().max(1);
+        for (c, channel) in out.chunks(plane.max(1)).enumerate().take(self.sum.len()) {
+            for &v in channel {
+                self.sum[c] += f64::from(v);
+                self.sq[c] += f64::from(v) * f64::from(v);
+            }
+        }
+        self.count += plane as f64;
+    }
+
+    /// Mean and population std per channel.
+    fn finish(self) -> (Vec<f32>, Vec<f32>) {
+        let count = self.count;
+        let mean: Vec<f64> = self.sum.iter().map(|s| s / count).collect();
+        let std: Vec<f32> = self
+            .sq
+            .iter()
+            .zip(&mean)
+            .map(|(q, m)| ((q / count - m * m).max(0.0)).sqrt() as f32)
+            .collect();
+        (mean.into_iter().map(|m| m as f32).collect(), std)
+    }
+}
+
+/// T̂ = (T − μ) / σ per channel of a `[C·H·W]` teacher output.
+fn normalize_in_place(values: &mut [f32], mean: &[f32], std: &[f32]) {
+    let plane = values.len() / mean.len().max(1);
+    for (c, channel) in values.chunks_mut(plane.max(1)).enumerate() {
+        let (m, s) = (mean[c], std[c].max(crate::model::MIN_TEACHER_STD));
+        channel.iter_mut().for_each(|v| *v = (*v - m) / s);
+    }
 }
 
 /// The resumable part of a run's state.
@@ -457,12 +511,11 @@ pub fn train(
             EfficientAd::with_teacher(teacher_on_device, &info.teacher_config(), &device);
         let mut rng = Rng::new(config.seed);
         model.init_weights(&mut rng, false, &device);
-        let mut order: Vec<usize> = (0..train_files.len()).collect();
-        rng.shuffle(&mut order);
+        // The image order is drawn once the images are decoded: unreadable ones are skipped.
         let state = RunState {
             step: 0,
             rng,
-            order,
+            order: Vec::new(),
             position: 0,
             config: config.clone(),
             wall_seconds: 0.0,
@@ -514,7 +567,10 @@ pub fn train(
             .into());
         }
     }
-    if train_set.pixels.len() != state.order.len() {
+    if !resume {
+        state.order = (0..train_set.pixels.len()).collect();
+        state.rng.shuffle(&mut state.order);
+    } else if train_set.pixels.len() != state.order.len() {
         return Err(TrainError::Resume(
             "the training images changed since the checkpoint".into(),
         ));

@@ -952,3 +952,78 @@ fn unreadable_training_images_are_skipped_and_counted_issue4() {
     assert_eq!(set.pixels.len(), 2);
     assert_eq!(set.skipped, 1);
 }
+
+/// An unreadable training image is skipped and counted by a fresh `fit`, as README promises; it
+/// used to fail with "the training images changed since the checkpoint" because the image
+/// order was drawn from the file count before decoding.
+#[test]
+fn fit_skips_an_unreadable_training_image_issue13() {
+    let (teacher, dataset, penalty) = tiny_setup("fit-unreadable", true);
+    std::fs::write(dataset.join("train/good/broken.png"), b"not a png").expect("write");
+    let work = temp_dir("fit-unreadable-work");
+    let config = fit_config(&teacher, &dataset, &penalty, &work, 2);
+    let mut messages = Vec::new();
+    let trained = train::train(
+        &config,
+        false,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        &mut |e| {
+            if let train::Event::Message(m) = e {
+                messages.push(m.to_owned());
+            }
+        },
+    )
+    .expect("fit with one unreadable image");
+    assert_eq!(trained.state.step, 2);
+    assert_eq!(trained.state.order.len(), 5, "the five readable images");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("1 unreadable images skipped")),
+        "{messages:?}"
+    );
+}
+
+/// `efficientad-train bench --json` times real steps and prints one JSON line; without the
+/// PyTorch comparison it says why and reports Burn's figures alone.
+#[test]
+fn bench_prints_one_json_line_with_burn_timings_issue12() {
+    let shared = shared_data();
+    let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+        .args([
+            "bench",
+            "--steps",
+            "1",
+            "--distill-batch",
+            "1",
+            "--no-torch",
+            "--json",
+        ])
+        .arg("--dataset")
+        .arg(shared.join("mtd"))
+        .arg("--images")
+        .arg(shared.join("imagenet-sample"))
+        .arg("--backbone")
+        .arg(shared.join("../weights/efficientnet_lite0_features.onnx"))
+        .output()
+        .expect("run efficientad-train bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one JSON line: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("json");
+    for step in ["fit", "distill"] {
+        let burn = v[step]["burn_s"].as_f64().expect("burn_s");
+        assert!(burn > 0.0 && burn < 600.0, "{step}: {burn}");
+        assert_eq!(v[step]["burn_steps_s"].as_array().map(Vec::len), Some(1));
+        assert!(
+            v[step]["torch_s"].is_null() && v[step]["ratio"].is_null(),
+            "{v}"
+        );
+        assert_eq!(v[step]["torch_unavailable"], "--no-torch");
+    }
+    assert!(v["threads"].as_u64().expect("threads") >= 1);
+    assert!(v["fit"]["peak_rss_mib"].as_f64().expect("peak") > 0.0);
+    assert!(stderr.contains("no PyTorch comparison"), "{stderr}");
+}
