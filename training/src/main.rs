@@ -26,6 +26,23 @@ mod bench_cli;
 /// zeroing and cross-core TLB shootdowns; mimalloc keeps the pages for the next tensor.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc's `mi_option_e` (mimalloc.h; the Rust bindings name no
+/// constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps freed pages mapped for the next tensor instead of returning them to the kernel after
+/// mimalloc's default 10 ms: a training step frees and reallocates the same sizes every second,
+/// and each returned page came back as a page fault plus zeroing (5% of a `fit` step). The
+/// peak memory stays that of one step (measured 741 MiB against 670 MiB for the `bench` steps).
+fn keep_freed_pages() {
+    // SAFETY: sets one integer option of the allocator; called first thing in `main`, before
+    // any other thread exists.
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+    }
+}
 mod fit;
 
 #[derive(Parser)]
@@ -202,6 +219,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    keep_freed_pages();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -433,6 +433,40 @@ fn normalized_teacher(model: &EfficientAd, chw: &[f32], device: &Device) -> Vec<
         .collect()
 }
 
+/// The fixtures' step inputs: formula images, the augmented view (×1.1, clamped) and the
+/// normalized teacher outputs of both.
+struct FormulaInputs {
+    image: Vec<f32>,
+    penalty: Vec<f32>,
+    augmented: Vec<f32>,
+    teacher_image: Vec<f32>,
+    teacher_augmented: Vec<f32>,
+}
+
+impl FormulaInputs {
+    fn new(model: &EfficientAd, device: &Device) -> Self {
+        let image = formula_image("image", 256);
+        let augmented: Vec<f32> = image.iter().map(|v| (v * 1.1).clamp(0.0, 1.0)).collect();
+        Self {
+            teacher_image: normalized_teacher(model, &image, device),
+            teacher_augmented: normalized_teacher(model, &augmented, device),
+            penalty: formula_image("penalty", 256),
+            image,
+            augmented,
+        }
+    }
+
+    fn inputs(&self) -> StepInputs<'_> {
+        StepInputs {
+            image: &self.image,
+            teacher_image: &self.teacher_image,
+            penalty: &self.penalty,
+            augmented: &self.augmented,
+            teacher_augmented: &self.teacher_augmented,
+        }
+    }
+}
+
 fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * b.abs().max(1e-12)
 }
@@ -445,19 +479,10 @@ fn training_losses_equal_the_pytorch_reference_issue4() {
             .expect("json");
     let f = |k: &str| fixture[k].as_f64().unwrap_or_else(|| panic!("{k}"));
     let model = formula_model(&device);
-    let image = formula_image("image", 256);
-    let penalty = formula_image("penalty", 256);
-    let augmented: Vec<f32> = image.iter().map(|v| (v * 1.1).clamp(0.0, 1.0)).collect();
-    let t_image = normalized_teacher(&model, &image, &device);
-    let t_aug = normalized_teacher(&model, &augmented, &device);
-    let inputs = StepInputs {
-        image: &image,
-        teacher_image: &t_image,
-        penalty: &penalty,
-        augmented: &augmented,
-        teacher_augmented: &t_aug,
-    };
-    let (_, l, selection) = losses(&model, &inputs, None, &device);
+    let formula = FormulaInputs::new(&model, &device);
+    let image = &formula.image;
+    let t_image = &formula.teacher_image;
+    let (_, l, selection) = losses(&model, &formula.inputs(), None, &device);
     // float32 networks in two frameworks: 1e-4 relative (SPEC tolerance for losses).
     for (name, got, want) in [
         ("hard", l.hard, f("hard")),
@@ -610,20 +635,8 @@ fn step_gradients_equal_pytorch_autograd_issue12() {
     let device = Device::flex().autodiff();
     let plain = Device::flex();
     let model = formula_model(&device);
-    let frozen = formula_model(&plain);
-    let image = formula_image("image", 256);
-    let penalty = formula_image("penalty", 256);
-    let augmented: Vec<f32> = image.iter().map(|v| (v * 1.1).clamp(0.0, 1.0)).collect();
-    let t_image = normalized_teacher(&frozen, &image, &plain);
-    let t_aug = normalized_teacher(&frozen, &augmented, &plain);
-    let inputs = StepInputs {
-        image: &image,
-        teacher_image: &t_image,
-        penalty: &penalty,
-        augmented: &augmented,
-        teacher_augmented: &t_aug,
-    };
-    let (total, l, _) = losses(&model, &inputs, None, &device);
+    let formula = FormulaInputs::new(&formula_model(&plain), &plain);
+    let (total, l, _) = losses(&model, &formula.inputs(), None, &device);
     let want_total = fixture_json["total"].as_f64().expect("total");
     assert!(
         close(l.total, want_total, 1e-4),

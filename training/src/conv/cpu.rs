@@ -271,6 +271,26 @@ pub fn input_grad(grad: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
     input_grad_tiled(grad, weight, g, g.tile())
 }
 
+/// Calls `f(image, first column, width, col)` for every column tile of every image of `x`,
+/// with `col` (`[K, width]`) its im2col matrix in the calling thread's scratch buffer.
+fn each_column_tile(
+    x: &[f32],
+    g: &Geometry,
+    tile: usize,
+    mut f: impl FnMut(usize, usize, usize, &[f32]),
+) {
+    let k = g.k();
+    with_scratch(k * tile, |scratch| {
+        for (n, image) in x.chunks_exact(g.c_in * g.h * g.w).enumerate() {
+            for (p0, tp) in g.tiles(tile) {
+                let col = &mut scratch[..k * tp];
+                im2col(image, g, p0, tp, col);
+                f(n, p0, tp, col);
+            }
+        }
+    });
+}
+
 fn forward_tiled(
     x: &[f32],
     weight: &[f32],
@@ -284,27 +304,19 @@ fn forward_tiled(
     if p == 0 {
         return y;
     }
-    with_scratch(k * tile, |scratch| {
-        for (image, out) in x
-            .chunks_exact(g.c_in * g.h * g.w)
-            .zip(y.chunks_exact_mut(g.c_out * p))
-        {
-            for (p0, tp) in g.tiles(tile) {
-                let col = &mut scratch[..k * tp];
-                im2col(image, g, p0, tp, col);
-                let lhs = View {
-                    data: weight,
-                    row_stride: k,
-                    col_stride: 1,
-                };
-                let rhs = View {
-                    data: col,
-                    row_stride: tp,
-                    col_stride: 1,
-                };
-                matmul((g.c_out, tp, k), &mut out[p0..], p, false, lhs, rhs);
-            }
-        }
+    each_column_tile(x, g, tile, |n, p0, tp, col| {
+        let lhs = View {
+            data: weight,
+            row_stride: k,
+            col_stride: 1,
+        };
+        let rhs = View {
+            data: col,
+            row_stride: tp,
+            col_stride: 1,
+        };
+        let out = &mut y[n * g.c_out * p..(n + 1) * g.c_out * p];
+        matmul((g.c_out, tp, k), &mut out[p0..], p, false, lhs, rhs);
     });
     if let Some(bias) = bias {
         y.par_chunks_mut(p).enumerate().for_each(|(row, plane)| {
@@ -325,30 +337,22 @@ fn weight_grad_tiled(x: &[f32], grad: &[f32], g: &Geometry, tile: usize) -> Vec<
     // Accumulated as dWᵀ = Σ col · dYᵀ (`[K, C_out]`): measured ~15% faster here than
     // dW = Σ dY · colᵀ with the same GEMM, then transposed once.
     let mut dwt = vec![0f32; k * g.c_out];
-    with_scratch(k * tile, |scratch| {
-        let mut first = true;
-        for (image, dy) in x
-            .chunks_exact(g.c_in * g.h * g.w)
-            .zip(grad.chunks_exact(g.c_out * p))
-        {
-            for (p0, tp) in g.tiles(tile) {
-                let col = &mut scratch[..k * tp];
-                im2col(image, g, p0, tp, col);
-                let lhs = View {
-                    data: col,
-                    row_stride: tp,
-                    col_stride: 1,
-                };
-                // dYᵀ: element (position, out channel) of this tile of the gradient.
-                let rhs = View {
-                    data: &dy[p0..],
-                    row_stride: 1,
-                    col_stride: p,
-                };
-                matmul((k, g.c_out, tp), &mut dwt, g.c_out, !first, lhs, rhs);
-                first = false;
-            }
-        }
+    let mut first = true;
+    each_column_tile(x, g, tile, |n, p0, tp, col| {
+        let dy = &grad[n * g.c_out * p..(n + 1) * g.c_out * p];
+        let lhs = View {
+            data: col,
+            row_stride: tp,
+            col_stride: 1,
+        };
+        // dYᵀ: element (position, out channel) of this tile of the gradient.
+        let rhs = View {
+            data: &dy[p0..],
+            row_stride: 1,
+            col_stride: p,
+        };
+        matmul((k, g.c_out, tp), &mut dwt, g.c_out, !first, lhs, rhs);
+        first = false;
     });
     dw.par_chunks_mut(k).enumerate().for_each(|(co, row)| {
         for (r, v) in row.iter_mut().enumerate() {
