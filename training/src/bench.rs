@@ -60,7 +60,7 @@ pub struct Timing {
 }
 
 impl Timing {
-    fn from(mut steps: Vec<f64>) -> Self {
+    fn from(steps: Vec<f64>) -> Self {
         let mut sorted = steps.clone();
         sorted.sort_by(f64::total_cmp);
         let median_s = if sorted.is_empty() {
@@ -70,7 +70,6 @@ impl Timing {
         } else {
             0.5 * (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2])
         };
-        steps.shrink_to_fit();
         Self {
             median_s,
             steps_s: steps,
@@ -188,7 +187,7 @@ pub fn bench_distill(
         mean: vec![0.0; TEACHER_CHANNELS],
         std: vec![1.0; TEACHER_CHANNELS],
     };
-    let mut optim = distill::distill_optimizer();
+    let mut optim = train::adam();
     let mut times = Vec::with_capacity(config.steps);
     for i in 0..=config.steps {
         let t0 = Instant::now();

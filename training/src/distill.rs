@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -265,14 +264,6 @@ pub struct TargetStats {
     pub std: Vec<f32>,
 }
 
-/// Adam as the paper distills: lr 1e-4 (given per step), weight decay 1e-5.
-pub fn distill_optimizer() -> ModuleOptimizer {
-    AdamConfig::new()
-        .with_epsilon(1e-8)
-        .with_weight_decay(Some(WeightDecayConfig::new(1e-5)))
-        .init()
-}
-
 /// Learning rate of distillation (SPEC).
 pub const DISTILL_LEARNING_RATE: f64 = 1e-4;
 
@@ -337,13 +328,7 @@ pub fn distill_step(
         device,
     ));
     let loss = crate::loss::mse(pdn.forward(x), target);
-    let value = loss
-        .clone()
-        .into_data()
-        .try_to_vec::<f32>()
-        .ok()
-        .and_then(|v| v.first().copied())
-        .map_or(f64::NAN, f64::from);
+    let value = crate::train::scalar(&loss);
     let mut grads = loss.backward();
     let g = GradientsParams::from_module(&mut grads, &pdn);
     Ok((optim.step(DISTILL_LEARNING_RATE, pdn, g), value))
@@ -408,7 +393,7 @@ pub fn distill(
         .map(|(q, s)| ((q / count - (s / count).powi(2)).max(0.0).sqrt() as f32).max(1e-6))
         .collect();
 
-    let mut optim = distill_optimizer();
+    let mut optim = crate::train::adam();
     let targets = TargetStats { mean, std };
     let mut step = 0;
     while step < config.steps {

@@ -88,7 +88,8 @@ fn tensor4(values: &[f32], dims: [usize; 4], device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(values.to_vec(), dims), device)
 }
 
-fn scalar(t: &Tensor<1>) -> f64 {
+/// The value of a one-element tensor (NaN if it cannot be read).
+pub(crate) fn scalar(t: &Tensor<1>) -> f64 {
     t.clone()
         .into_data()
         .try_to_vec::<f32>()
@@ -319,16 +320,8 @@ pub fn teacher_raw(teacher: &Pdn, chw: &[f32], device: &Device) -> Vec<f32> {
         .unwrap_or_default()
 }
 
-/// Per-channel mean and population std over all pixels of all outputs (`[C·H·W]` each).
-pub fn channel_stats(outputs: &[Vec<f32>], channels: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut stats = ChannelStats::new(channels);
-    for out in outputs {
-        stats.add(out);
-    }
-    stats.finish()
-}
-
-/// Running per-channel sums for [`channel_stats`], one output at a time.
+/// Per-channel mean and population std over all pixels of teacher outputs (`[C·H·W]` each),
+/// accumulated one output at a time.
 struct ChannelStats {
     sum: Vec<f64>,
     sq: Vec<f64>,
@@ -392,7 +385,9 @@ pub struct RunState {
     pub last_losses: StepLosses,
 }
 
-fn adam() -> ModuleOptimizer {
+/// Adam as SPEC trains with it (student, autoencoder and teacher distillation alike): L2
+/// weight decay 1e-5 (not AdamW), ε 1e-8; the learning rate is given per step.
+pub fn adam() -> ModuleOptimizer {
     AdamConfig::new()
         .with_epsilon(1e-8)
         .with_weight_decay(Some(WeightDecayConfig::new(WEIGHT_DECAY)))
