@@ -18,4 +18,5 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod report;
 pub mod source;
+pub mod test_run;
 pub mod trigger;

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use efficientad::batch::{Outcome as ImageOutcome, RunOptions, run_files};
 use efficientad::bundle::Bundle;
 use efficientad::calibration::Calibration;
-use efficientad::dataset::{TestImage, test_set};
+use efficientad::dataset::test_set;
 use efficientad::engine::Engine;
-use efficientad::evaluation::{EvalImage, EvalReport, GroupMetrics, pack_mask, report};
-use efficientad::inspect::{HeatmapSink, judge};
+use efficientad::evaluation::{EvalImage, EvalReport, GroupMetrics, report};
+use efficientad::inspect::HeatmapSink;
+use efficientad::test_run::{TestRun, run_test_split};
 use efficientad::metrics::{DEFAULT_BUDGET, DEFAULT_FPR_LIMIT};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -42,29 +42,6 @@ pub struct EvalArgs {
     pub fpr_limit: f64,
 }
 
-fn load_mask(item: &TestImage, width: usize, height: usize) -> anyhow::Result<Option<Vec<u64>>> {
-    let Some(path) = &item.mask else {
-        return Ok(if item.anomalous {
-            None
-        } else {
-            Some(pack_mask(&vec![0; width * height]))
-        });
-    };
-    let mask = image::open(path)
-        .with_context(|| format!("cannot read mask {}", path.display()))?
-        .to_luma8();
-    if (mask.width() as usize, mask.height() as usize) != (width, height) {
-        bail!(
-            "mask {} is {}x{}, but its image {} is {width}x{height}; masks must match their images",
-            path.display(),
-            mask.width(),
-            mask.height(),
-            item.path.display()
-        );
-    }
-    Ok(Some(pack_mask(mask.as_raw())))
-}
-
 pub fn run(args: EvalArgs) -> anyhow::Result<Outcome> {
     if !(args.fpr_limit > 0.0 && args.fpr_limit <= 1.0) {
         bail!("--fpr-limit {} must be in (0, 1]", args.fpr_limit);
@@ -80,66 +57,25 @@ pub fn run(args: EvalArgs) -> anyhow::Result<Outcome> {
         None => None,
     };
     let mut engine = Engine::new(&bundle, &args.engine.engine_options())?;
-    let files: Vec<PathBuf> = items.iter().map(|i| i.path.clone()).collect();
-    let bar = ProgressBar::new(files.len() as u64).with_style(
+    let bar = ProgressBar::new(items.len() as u64).with_style(
         ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
-    let options = RunOptions {
-        batch: usize::from(args.engine.batch),
-        keep_images: heatmaps.is_some(),
-    };
-    let mut results = Vec::with_capacity(items.len());
-    let mut failures = Vec::new();
-    let mut mask_error = None;
-    let mut combined = Vec::new();
-    let mut index = 0;
-    run_files(&mut engine, &files, options, |outcome| {
-        let item = &items[index];
-        index += 1;
-        bar.inc(1);
-        match outcome {
-            ImageOutcome::Maps(maps) => {
-                let judged = judge(&maps, &calibration, &mut combined, heatmaps.as_mut());
-                let (w, h) = (maps.width as usize, maps.height as usize);
-                match load_mask(item, w, h) {
-                    Ok(mask) => results.push(EvalImage {
-                        path: maps.path.clone(),
-                        defect: item.defect.clone(),
-                        anomalous: item.anomalous,
-                        score: judged.score,
-                        map: combined.clone(),
-                        map_size: maps.map_size,
-                        width: w,
-                        height: h,
-                        mask,
-                        // Service time of this image (its batch's run included), without the
-                        // time it waited in the decode queue.
-                        latency_ms: maps.timings.decode_ms
-                            + maps.timings.resize_ms
-                            + maps.timings.inference_ms
-                            + judged.maps_ms,
-                    }),
-                    Err(e) => {
-                        mask_error.get_or_insert(e);
-                    }
-                }
-            }
-            ImageOutcome::Error { path, error } => {
-                failures.push(format!("{}: {error}", path.display()))
-            }
-        }
-    });
+    let TestRun {
+        images: results,
+        failures,
+    } = run_test_split(
+        &mut engine,
+        &calibration,
+        &items,
+        usize::from(args.engine.batch),
+        heatmaps.as_mut(),
+        &mut || bar.inc(1),
+    )?;
     bar.finish_and_clear();
-    if let Some(e) = mask_error {
-        return Err(e);
-    }
     for f in &failures {
         eprintln!("efficientad: skipped {f}");
-    }
-    if results.is_empty() {
-        bail!("no test image could be run");
     }
     let rep = report(
         &results,

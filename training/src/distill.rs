@@ -220,9 +220,24 @@ pub struct DistillConfig {
     pub steps: usize,
     pub batch: usize,
     pub seed: u64,
-    /// Images used for the target mean/std.
+    /// Images used for the target mean/std: a seeded random sample of the folder.
     pub stats_images: usize,
     pub backend: crate::backend::Backend,
+    /// Also save the teacher every this many steps (`<out>.step<N>.bpk`), so that one run
+    /// yields teachers of several distillation budgets; 0 saves only at the end.
+    pub save_every: usize,
+}
+
+/// Seed offset of the statistics sample: independent of the draws of the steps.
+const STATS_SEED: u64 = 0x5747_5354;
+
+/// The images whose targets give the normalization statistics: `count` files drawn without
+/// replacement with `seed`. A random sample, not the first files: a folder sorted by class
+/// would otherwise give statistics of a few classes only.
+pub fn stats_sample(files: &[PathBuf], count: usize, seed: u64) -> Vec<PathBuf> {
+    let mut order: Vec<&PathBuf> = files.iter().collect();
+    Rng::new(seed ^ STATS_SEED).shuffle(&mut order);
+    order.into_iter().take(count.max(1)).cloned().collect()
 }
 
 pub enum Event<'a> {
@@ -236,6 +251,12 @@ pub enum Event<'a> {
         images_per_second: f64,
     },
     Message(&'a str),
+    /// The teacher as it is after `step` steps, for a snapshot.
+    Snapshot {
+        step: usize,
+        teacher: &'a Pdn,
+        info: &'a CheckpointInfo,
+    },
 }
 
 /// One image in both views: backbone input (512²) and PDN input (256²), CHW in [0, 1].
@@ -355,8 +376,7 @@ pub fn distill(
         crate::model::init_conv(conv, &mut rng, &device);
     }
 
-    // Target statistics over the first images.
-    let stats_files: Vec<&PathBuf> = files.iter().take(config.stats_images.max(1)).collect();
+    let stats_files = stats_sample(&files, config.stats_images, config.seed);
     let mut sum = vec![0f64; TEACHER_CHANNELS];
     let mut sq = vec![0f64; TEACHER_CHANNELS];
     let mut count = 0f64;
@@ -422,7 +442,21 @@ pub fn distill(
             loss: value,
             images_per_second: config.batch as f64 / t0.elapsed().as_secs_f64(),
         });
+        if config.save_every > 0 && step % config.save_every == 0 && step < config.steps {
+            let (teacher, info) = finished(&pdn, config, step);
+            events(Event::Snapshot {
+                step,
+                teacher: &teacher,
+                info: &info,
+            });
+        }
     }
+    Ok(finished(&pdn, config, step))
+}
+
+/// The distilled teacher after `step` steps (padding off, as the student trains against it)
+/// and what it saw.
+fn finished(pdn: &Pdn, config: &DistillConfig, step: usize) -> (Pdn, CheckpointInfo) {
     let mut teacher = pdn.valid();
     teacher.set_padding(false);
     let info = CheckpointInfo {
@@ -435,7 +469,13 @@ pub fn distill(
             images: config.images.display().to_string(),
             steps: step,
         },
-        training: serde_json::json!({"batch": config.batch, "seed": config.seed, "stats_images": config.stats_images}),
+        training: serde_json::json!({
+            "batch": config.batch,
+            "seed": config.seed,
+            "images_seen": step * config.batch,
+            "stats_images": config.stats_images,
+            "stats_sample": "seeded random sample of the image folder",
+        }),
     };
-    Ok((teacher, info))
+    (teacher, info)
 }

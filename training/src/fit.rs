@@ -7,6 +7,7 @@ use efficientad::bundle::Bundle;
 use efficientad::calibration::{DEFAULT_FALSE_REJECT_RATE, ImageSet, Progress, calibrate_files};
 use efficientad::engine::{Engine, EngineOptions, Provider};
 use efficientad_training::export::export_bundle;
+use efficientad_training::quality::{QualityCheck, log_quality};
 use efficientad_training::train::{Event, FitConfig, stop_flag, train};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -30,6 +31,18 @@ pub fn run(config: &FitConfig, resume: bool, calibration_out: &Path) -> anyhow::
     // Without a terminal the bars are hidden: print a progress line every 30 s instead.
     let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut last_line = std::time::Instant::now();
+    // Found before training, so that a dataset without a test split fails now.
+    let quality = if config.eval_every > 0 {
+        Some(QualityCheck::new(&config.dataset, &config.work).with_context(|| {
+            format!(
+                "--eval-every needs the test split of {}",
+                config.dataset.display()
+            )
+        })?)
+    } else {
+        None
+    };
+    let log = config.work.join("log.jsonl");
     let trained = train(config, resume, stop, &mut |event| match event {
         Event::Message(m) => loading.suspend(|| eprintln!("efficientad-train: {m}")),
         Event::Loading { done, total, what } => {
@@ -62,6 +75,36 @@ pub fn run(config: &FitConfig, resume: bool, calibration_out: &Path) -> anyhow::
                 eprintln!("efficientad-train: step {step}/{} {message}", config.steps);
             }
             steps.set_message(message);
+        }
+        Event::Quality { step, model, info } => {
+            let Some(check) = &quality else { return };
+            let total = check.images();
+            let mut done = 0;
+            let measured = check.check(model, info, step, &mut || {
+                done += 1;
+                steps.set_message(format!("quality check {done}/{total}"));
+            });
+            let line = match measured {
+                Ok(q) => {
+                    let logged = log_quality(&log, step, &q)
+                        .err()
+                        .map(|e| format!(" (not logged: {e})"))
+                        .unwrap_or_default();
+                    let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+                    format!(
+                        "step {step}: image AUROC {} pixel AUROC {} AU-PRO {} accuracy {:.4} on {} test images ({:.0} s){logged}",
+                        f(q.image_auroc),
+                        f(q.pixel_auroc),
+                        f(q.au_pro),
+                        q.accuracy,
+                        q.test_images,
+                        q.seconds
+                    )
+                }
+                // A failed check must not cost the training run.
+                Err(e) => format!("warning: quality check at step {step} failed: {e:#}"),
+            };
+            steps.suspend(|| eprintln!("efficientad-train: {line}"));
         }
     })?;
     steps.finish_and_clear();

@@ -11,5 +11,6 @@ pub mod export;
 pub mod loss;
 pub mod model;
 pub mod pool;
+pub mod quality;
 pub mod teacher;
 pub mod train;

@@ -81,9 +81,13 @@ enum Command {
         batch: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Images used for the target mean and std.
+        /// Images used for the target mean and std (a random sample, drawn with --seed).
         #[arg(long, default_value_t = 200)]
         stats_images: usize,
+        /// Also save the teacher every N steps, next to --out as NAME.stepN.bpk (teachers of
+        /// several distillation budgets from one run).
+        #[arg(long, default_value_t = 0)]
+        save_every: usize,
         /// Compute device: cpu, or wgpu (a GPU; needs a build with --features wgpu).
         #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         device: Backend,
@@ -126,6 +130,11 @@ enum Command {
         /// Continue the run from its last checkpoint in --work.
         #[arg(long)]
         resume: bool,
+        /// Every N steps, export the model, calibrate it on the validation images and evaluate
+        /// it on the dataset's test split (image AUROC, pixel AUROC, AU-PRO into the run's
+        /// log.jsonl; draw them with `efficientad-train plot`). 0: never.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        eval_every: usize,
         /// Use at most N penalty images (quick runs).
         #[arg(long, hide = true)]
         penalty_limit: Option<usize>,
@@ -229,6 +238,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// `runs/t/teacher.bpk` → `runs/t/teacher.step150.bpk`.
+fn snapshot_path(out: &std::path::Path, step: usize) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "teacher".into());
+    out.with_file_name(format!("{stem}.step{step}.bpk"))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let device = Device::flex();
     match cli.command {
@@ -240,6 +258,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
             seed,
             stats_images,
+            save_every,
             device: backend,
             out,
         } => {
@@ -255,6 +274,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 seed,
                 stats_images,
                 backend,
+                save_every,
             };
             let stop = efficientad_training::train::stop_flag();
             let bar = indicatif::ProgressBar::new(steps as u64).with_style(
@@ -285,6 +305,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
                 DistillEvent::Message(m) => bar.suspend(|| eprintln!("efficientad-train: {m}")),
+                DistillEvent::Snapshot {
+                    step,
+                    teacher,
+                    info,
+                } => {
+                    let path = snapshot_path(&out, step);
+                    let saved = checkpoint::save_teacher(teacher, info, &path);
+                    bar.suspend(|| match saved {
+                        Ok(()) => eprintln!(
+                            "efficientad-train: saved the teacher after {step} steps to {}",
+                            path.display()
+                        ),
+                        // A snapshot is extra; the run goes on to its final teacher.
+                        Err(e) => eprintln!(
+                            "efficientad-train: warning: could not save {}: {e}",
+                            path.display()
+                        ),
+                    });
+                }
             })?;
             bar.finish_and_clear();
             checkpoint::save_teacher(&teacher, &info, &out)?;
@@ -305,6 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             calibration_out,
             checkpoint_every,
             resume,
+            eval_every,
             penalty_limit,
             train_limit,
             device: backend,
@@ -334,6 +374,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 penalty_limit,
                 train_limit,
                 backend,
+                eval_every,
             };
             let calibration_out = calibration_out
                 .unwrap_or_else(|| PathBuf::from("calibration").join(format!("{name}.json")));

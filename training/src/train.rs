@@ -61,6 +61,9 @@ pub struct FitConfig {
     /// Where to compute.
     #[serde(default)]
     pub backend: crate::backend::Backend,
+    /// Report the model for a quality check every this many steps (0: never).
+    #[serde(default)]
+    pub eval_every: usize,
 }
 
 /// Losses of one step.
@@ -426,6 +429,12 @@ pub enum Event<'a> {
         losses: &'a StepLosses,
         images_per_second: f64,
     },
+    /// The model after `step` steps, every `eval_every` steps, for a quality check.
+    Quality {
+        step: usize,
+        model: &'a EfficientAd,
+        info: &'a CheckpointInfo,
+    },
 }
 
 /// The outcome of `fit`'s training part.
@@ -602,6 +611,7 @@ pub fn train(
     let started = Instant::now();
     let wall_before = state.wall_seconds;
     let mut interrupted = false;
+    let mut checking = 0.0;
     while state.step < config.steps {
         if stop.load(Ordering::SeqCst) {
             interrupted = true;
@@ -643,15 +653,26 @@ pub fn train(
             losses: &values,
             images_per_second: rate,
         });
-        state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
+        state.wall_seconds = wall_before + started.elapsed().as_secs_f64() - checking;
         if config.checkpoint_every > 0
             && state.step % config.checkpoint_every == 0
             && state.step < config.steps
         {
             save_checkpoint(&work, &model, &info, &optimizers, &state)?;
         }
+        if config.eval_every > 0 && state.step % config.eval_every == 0 {
+            // The check's time is not training time: kept out of `wall_seconds`.
+            let t0 = Instant::now();
+            let snapshot = model.valid();
+            events(Event::Quality {
+                step: state.step,
+                model: &snapshot,
+                info: &info,
+            });
+            checking += t0.elapsed().as_secs_f64();
+        }
     }
-    state.wall_seconds = wall_before + started.elapsed().as_secs_f64();
+    state.wall_seconds = wall_before + started.elapsed().as_secs_f64() - checking;
     save_checkpoint(&work, &model, &info, &optimizers, &state)?;
     info.training = serde_json::json!({
         "dataset": config.dataset.display().to_string(),

@@ -805,6 +805,7 @@ fn fit_config(
         penalty_limit: None,
         train_limit: None,
         backend: efficientad_training::backend::Backend::Cpu,
+        eval_every: 0,
     }
 }
 
@@ -1039,4 +1040,118 @@ fn bench_prints_one_json_line_with_burn_timings_issue12() {
     assert!(v["threads"].as_u64().expect("threads") >= 1);
     assert!(v["fit"]["peak_rss_mib"].as_f64().expect("peak") > 0.0);
     assert!(stderr.contains("no PyTorch comparison"), "{stderr}");
+}
+
+/// Mann–Whitney AUROC written out pair by pair (ties count half): an independent reference
+/// for the evaluation's sweep.
+fn pairwise_auroc(scores: &[(f32, bool)]) -> f64 {
+    let (mut wins, mut pairs) = (0.0, 0.0);
+    for &(a, la) in scores {
+        for &(b, lb) in scores {
+            if la && !lb {
+                pairs += 1.0;
+                wins += if a > b {
+                    1.0
+                } else if a == b {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+    wins / pairs
+}
+
+/// `fit --eval-every 2` logs the test-split quality at steps 2 and 4, and the numbers of the
+/// last check are those of the checked model: its image AUROC recomputed here from the
+/// exported bundle and calibration with a pairwise AUROC.
+#[test]
+fn fit_eval_every_logs_test_quality_of_the_checked_model_issue13() {
+    let (teacher, dataset, penalty) = tiny_setup("fit-eval", true);
+    let mtd = shared_data().join("mtd");
+    for (folder, n) in [("good", 3), ("crack", 3)] {
+        let to = dataset.join("test").join(folder);
+        std::fs::create_dir_all(&to).expect("dir");
+        let mut files: Vec<_> = std::fs::read_dir(mtd.join("test").join(folder))
+            .expect("mtd test")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        for f in files.iter().take(n) {
+            std::fs::copy(f, to.join(f.file_name().expect("name"))).expect("copy");
+            if folder != "good" {
+                let stem = f.file_stem().expect("stem").to_string_lossy().into_owned();
+                let mask = format!("{stem}_mask.png");
+                let gt = dataset.join("ground_truth").join(folder);
+                std::fs::create_dir_all(&gt).expect("dir");
+                std::fs::copy(mtd.join("ground_truth").join(folder).join(&mask), gt.join(&mask))
+                    .expect("copy mask");
+            }
+        }
+    }
+    let base = teacher.parent().expect("dir").to_owned();
+    let work = base.join("runs/tiny");
+    let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+        .args(["fit", "--steps", "4", "--eval-every", "2", "--teacher"])
+        .arg(&teacher)
+        .arg("--dataset")
+        .arg(&dataset)
+        .arg("--penalty-images")
+        .arg(&penalty)
+        .arg("--out")
+        .arg(base.join("onnx/tiny"))
+        .arg("--work")
+        .arg(&work)
+        .arg("--calibration-out")
+        .arg(base.join("calibration/tiny.json"))
+        .output()
+        .expect("run fit");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let checks =
+        efficientad_training::quality::read_quality(&work.join("log.jsonl")).expect("log");
+    assert_eq!(
+        checks.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [2, 4],
+        "{stderr}"
+    );
+    assert!(stderr.contains("step 4: image AUROC"), "{stderr}");
+    let last = &checks[1].1;
+    assert_eq!((last.test_images, last.failed_images), (6, 0));
+    for v in [last.image_auroc, last.pixel_auroc, last.au_pro] {
+        let v = v.expect("metric");
+        assert!((0.0..=1.0).contains(&v), "{v}");
+    }
+
+    // Independent recomputation of the last check's image AUROC.
+    let checked = work.join("eval-bundle");
+    let bundle = Bundle::open(&checked).expect("checked bundle");
+    assert_eq!(bundle.info.training["steps"], 4);
+    let calibration = efficientad::calibration::Calibration::load_for(
+        &checked.join("calibration.json"),
+        &bundle,
+    )
+    .expect("calibration of the checked bundle");
+    let mut engine = cpu_engine(&bundle);
+    let mut scored = Vec::new();
+    for (folder, anomalous) in [("good", false), ("crack", true)] {
+        let mut files: Vec<_> = std::fs::read_dir(dataset.join("test").join(folder))
+            .expect("test")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        for f in files {
+            let maps = engine.run(&batch_u8(&[f], 256), 1).expect("run");
+            let combined = calibration.normalization.combine(&maps.st, &maps.ae);
+            let max = combined.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            scored.push((max, anomalous));
+        }
+    }
+    let expected = pairwise_auroc(&scored);
+    let logged = last.image_auroc.expect("image AUROC");
+    assert!(
+        (logged - expected).abs() < 1e-9,
+        "logged {logged}, recomputed {expected}: {scored:?}"
+    );
 }
