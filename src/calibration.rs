@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::anomaly::{MapNormalization, map_quantiles, quantile_sorted, score};
+use crate::anomaly::{MapNormalization, map_quantiles, quantile_sorted};
 use crate::batch::{Outcome as ImageOutcome, RunOptions, list_images, run_files};
 use crate::bundle::Bundle;
 use crate::engine::{Engine, Provider};
+use crate::region::{Region, RegionError, RegionRecord, region_score};
 
 /// Version of the calibration format this runtime writes and reads.
 pub const CALIBRATION_FORMAT_VERSION: u32 = 1;
@@ -58,6 +59,12 @@ pub enum CalibrationError {
     List { path: PathBuf, reason: String },
     #[error("{0}")]
     Engine(String),
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    #[error(
+        "the inspection region leaves no cell of the anomaly map of a {width}x{height} image; use a smaller --ignore-border or a larger ROI"
+    )]
+    EmptyRegion { width: usize, height: usize },
     #[error("cannot write calibration {path}: {reason}")]
     Write { path: PathBuf, reason: String },
 }
@@ -129,12 +136,38 @@ pub struct Calibration {
     pub scores: ScoreSummary,
     pub anomalous_scores: Option<ScoreSummary>,
     pub created_by: String,
+    /// The inspection region; absent in the file when the whole image is inspected.
+    #[serde(default, skip_serializing_if = "RegionRecord::is_whole_image")]
+    pub region: RegionRecord,
+    /// The region ready to apply (the ROI mask decoded), set by `load`.
+    #[serde(skip)]
+    pub inspected: Region,
 }
 
-/// Raw maps of one image (`[size²]` each).
+/// Raw maps of one image (`[size²]` each) and the image's size (for the region).
 pub struct MapPair {
     pub st: Vec<f32>,
     pub ae: Vec<f32>,
+    pub width: usize,
+    pub height: usize,
+}
+
+impl MapPair {
+    /// The inspected cells of this image's maps; `None` when all are.
+    fn cells(&self, region: &Region) -> Result<Option<Vec<bool>>, CalibrationError> {
+        if region.is_whole_image() {
+            return Ok(None);
+        }
+        let side = self.st.len().isqrt();
+        let cells = region.cells(side, self.width, self.height);
+        if !cells.iter().any(|&c| c) {
+            return Err(CalibrationError::EmptyRegion {
+                width: self.width,
+                height: self.height,
+            });
+        }
+        Ok(Some(cells))
+    }
 }
 
 /// The numeric part of a calibration.
@@ -147,14 +180,43 @@ pub struct Computed {
     pub anomalous_scores: Vec<f32>,
 }
 
-/// Computes quantiles over all pixels of the normal maps, the scores, and the threshold.
+/// Computes quantiles over the inspected cells of the normal maps (all cells without a
+/// region), the scores over the same cells, and the threshold.
 pub fn compute(
     normal: &[MapPair],
     anomalous: &[MapPair],
     false_reject_rate: f64,
+    region: &Region,
 ) -> Result<Computed, CalibrationError> {
-    let mut st: Vec<f32> = normal.iter().flat_map(|m| m.st.iter().copied()).collect();
-    let mut ae: Vec<f32> = normal.iter().flat_map(|m| m.ae.iter().copied()).collect();
+    let normal_cells = normal
+        .iter()
+        .map(|m| m.cells(region))
+        .collect::<Result<Vec<_>, _>>()?;
+    let anomalous_cells = anomalous
+        .iter()
+        .map(|m| m.cells(region))
+        .collect::<Result<Vec<_>, _>>()?;
+    let inspected = |values: &[f32], cells: &Option<Vec<bool>>| -> Vec<f32> {
+        match cells {
+            Some(c) => values
+                .iter()
+                .zip(c)
+                .filter(|(_, keep)| **keep)
+                .map(|(v, _)| *v)
+                .collect(),
+            None => values.to_vec(),
+        }
+    };
+    let mut st: Vec<f32> = normal
+        .iter()
+        .zip(&normal_cells)
+        .flat_map(|(m, c)| inspected(&m.st, c))
+        .collect();
+    let mut ae: Vec<f32> = normal
+        .iter()
+        .zip(&normal_cells)
+        .flat_map(|(m, c)| inspected(&m.ae, c))
+        .collect();
     let normalization = MapNormalization {
         st: map_quantiles(&mut st),
         ae: map_quantiles(&mut ae),
@@ -167,17 +229,21 @@ pub fn compute(
             });
         }
     }
-    let scores_of = |maps: &[MapPair]| -> Vec<f32> {
+    let scores_of = |maps: &[MapPair], cells: &[Option<Vec<bool>>]| -> Vec<f32> {
         let mut buf = Vec::new();
         maps.iter()
-            .map(|m| {
+            .zip(cells)
+            .map(|(m, c)| {
                 normalization.combine_into(&m.st, &m.ae, &mut buf);
-                score(&buf)
+                match c {
+                    Some(c) => region_score(&buf, c),
+                    None => crate::anomaly::score(&buf),
+                }
             })
             .collect()
     };
-    let normal_scores = scores_of(normal);
-    let anomalous_scores = scores_of(anomalous);
+    let normal_scores = scores_of(normal, &normal_cells);
+    let anomalous_scores = scores_of(anomalous, &anomalous_cells);
     let (threshold, rule) = if anomalous_scores.is_empty() {
         frr_threshold(&normal_scores, false_reject_rate)
     } else {
@@ -277,10 +343,13 @@ impl Calibration {
                 found: version,
             });
         }
-        serde_json::from_value(value).map_err(|e| CalibrationError::Bad {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })
+        let mut calibration: Self =
+            serde_json::from_value(value).map_err(|e| CalibrationError::Bad {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+        calibration.inspected = Region::load(&calibration.region)?;
+        Ok(calibration)
     }
 
     /// Loads a calibration and checks that it belongs to `bundle`.
@@ -374,7 +443,12 @@ fn run_maps(
     };
     run_files(engine, files, options, |outcome| match outcome {
         ImageOutcome::Maps(m) => {
-            maps.push(MapPair { st: m.st, ae: m.ae });
+            maps.push(MapPair {
+                st: m.st,
+                ae: m.ae,
+                width: m.width as usize,
+                height: m.height as usize,
+            });
             progress(Progress::Done);
         }
         ImageOutcome::Error { path, error } => {
@@ -393,6 +467,7 @@ pub fn calibrate_files(
     normal: &ImageSet,
     anomalous: Option<&ImageSet>,
     false_reject_rate: f64,
+    region: &Region,
     batch: usize,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Result<Calibration, CalibrationError> {
@@ -404,7 +479,7 @@ pub fn calibrate_files(
         Some(set) => run_maps(engine, &set.files, batch, progress),
         None => (Vec::new(), 0),
     };
-    let computed = compute(&normal_maps, &anomalous_maps, false_reject_rate)?;
+    let computed = compute(&normal_maps, &anomalous_maps, false_reject_rate, region)?;
     let validation = ValidationSet {
         folder: normal.label.clone(),
         images: normal_maps.len(),
@@ -412,7 +487,10 @@ pub fn calibrate_files(
         anomalous_folder: anomalous.map(|a| a.label.clone()),
         anomalous_images: anomalous_maps.len(),
     };
-    Calibration::assemble(bundle, engine.provider(), validation, computed)
+    let mut calibration = Calibration::assemble(bundle, engine.provider(), validation, computed)?;
+    calibration.region = region.record.clone();
+    calibration.inspected = region.clone();
+    Ok(calibration)
 }
 
 impl Calibration {
@@ -440,6 +518,8 @@ impl Calibration {
             scores,
             anomalous_scores: ScoreSummary::of(&computed.anomalous_scores),
             created_by: format!("efficientad {}", env!("CARGO_PKG_VERSION")),
+            region: RegionRecord::default(),
+            inspected: Region::whole_image(),
         })
     }
 }

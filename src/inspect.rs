@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::anomaly::{score, to_image_size};
 use crate::batch::{ImageMaps, ms};
 use crate::calibration::Calibration;
+use crate::region::region_score;
 use crate::report::{HeatmapNames, overlay};
 
 /// The answer for one part.
@@ -61,7 +62,17 @@ pub fn judge(
     calibration
         .normalization
         .combine_into(&maps.st, &maps.ae, combined);
-    let s = score(combined);
+    // `combined` stays the whole map (eval's pixel metrics are over the whole image); the
+    // score and the heatmap see the inspection region only.
+    let cells = (!calibration.inspected.is_whole_image()).then(|| {
+        calibration
+            .inspected
+            .cells(maps.map_size, maps.width as usize, maps.height as usize)
+    });
+    let s = match &cells {
+        Some(c) => region_score(combined, c),
+        None => score(combined),
+    };
     let verdict = if calibration.is_anomalous(s) {
         Verdict::Ng
     } else {
@@ -72,12 +83,14 @@ pub fn judge(
     if let (Some(sink), Some(image)) = (heatmaps, maps.image.as_ref())
         && (sink.all || verdict == Verdict::Ng)
     {
-        let full = to_image_size(
-            combined,
-            maps.map_size,
-            maps.width as usize,
-            maps.height as usize,
-        );
+        let (w, h) = (maps.width as usize, maps.height as usize);
+        let full = if cells.is_some() {
+            calibration
+                .inspected
+                .display_map(combined, maps.map_size, w, h)
+        } else {
+            to_image_size(combined, maps.map_size, w, h)
+        };
         let path = sink.names.name_for(&sink.dir, &maps.path);
         match overlay(image, &full, calibration.threshold).save(&path) {
             Ok(()) => heatmap = Some(path),

@@ -16,6 +16,7 @@ pub mod onnx_proto;
 pub mod ortlib;
 pub mod pipeline;
 pub mod preprocess;
+pub mod region;
 pub mod report;
 pub mod source;
 pub mod test_run;

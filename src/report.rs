@@ -30,6 +30,11 @@ pub fn overlay(image: &RgbImage, map: &[f32], threshold: f64) -> RgbImage {
     };
     let mut out = image.clone();
     for (pixel, &v) in out.pixels_mut().zip(map) {
+        // Outside the inspection region (NaN): the image, dimmed.
+        if v.is_nan() {
+            pixel.0.iter_mut().for_each(|c| *c /= 3);
+            continue;
+        }
         let c = jet(v * scale);
         for (channel, colour) in pixel.0.iter_mut().zip(c) {
             *channel =

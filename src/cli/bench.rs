@@ -10,6 +10,7 @@ use clap::Args;
 use efficientad::batch::{Outcome as ImageOutcome, RunOptions, list_images, ms, run_files};
 use efficientad::bundle::Bundle;
 use efficientad::calibration::{Calibration, MapPair, ValidationSet, compute};
+use efficientad::region::Region;
 use efficientad::engine::{Engine, RawMaps};
 use efficientad::inspect::judge;
 use efficientad::preprocess::{Preprocessor, decode_file};
@@ -91,10 +92,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
             MapPair {
                 st: st.to_vec(),
                 ae: ae.to_vec(),
+                width: 256,
+                height: 256,
             }
         }));
     }
-    let computed = compute(&pairs, &[], 0.01)?;
+    let computed = compute(&pairs, &[], 0.01, &Region::whole_image())?;
     let validation = ValidationSet {
         folder: "bench images".into(),
         images: pairs.len(),

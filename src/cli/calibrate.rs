@@ -7,6 +7,7 @@ use clap::Args;
 use efficientad::bundle::Bundle;
 use efficientad::calibration::{DEFAULT_FALSE_REJECT_RATE, ImageSet, Progress, calibrate_files};
 use efficientad::engine::Engine;
+use efficientad::region::Region;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{EngineArgs, Outcome};
@@ -24,6 +25,14 @@ pub struct CalibrateArgs {
     /// Target share of good parts rejected, used when no anomalous images are given.
     #[arg(long, value_name = "R", default_value_t = DEFAULT_FALSE_REJECT_RATE, value_parser = parse_rate)]
     pub false_reject_rate: f64,
+    /// Leave out this many pixels along every edge of the image: the score, verdict and
+    /// heatmap then ignore them (fixtures, tile edges in view).
+    #[arg(long, value_name = "PX", default_value_t = 0)]
+    pub ignore_border: u32,
+    /// Inspect only where this mask image is white (scaled to each image); the file is
+    /// recorded with its sha256 and must stay where it is.
+    #[arg(long, value_name = "MASK.png")]
+    pub roi: Option<PathBuf>,
     /// Calibration file to write, e.g. calibration/mtd-s.json.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
@@ -51,6 +60,7 @@ fn progress_bar(len: u64, what: &str) -> ProgressBar {
 }
 
 pub fn run(args: CalibrateArgs) -> anyhow::Result<Outcome> {
+    let region = Region::new(args.ignore_border, args.roi.as_deref())?;
     let bundle = Bundle::open(&args.engine.model)?;
     let mut engine = Engine::new(&bundle, &args.engine.engine_options())?;
     let normal = ImageSet::folder(&args.images)?;
@@ -67,6 +77,7 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<Outcome> {
         &normal,
         anomalous.as_ref(),
         args.false_reject_rate,
+        &region,
         usize::from(args.engine.batch),
         &mut |event| match event {
             Progress::Done => bar.inc(1),

@@ -150,6 +150,7 @@ pub fn run(config: &FitConfig, resume: bool, calibration_out: &Path) -> anyhow::
         &normal,
         None,
         DEFAULT_FALSE_REJECT_RATE,
+        &efficientad::region::Region::whole_image(),
         1,
         &mut |p| {
             progress.inc(1);

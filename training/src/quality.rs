@@ -88,6 +88,7 @@ impl QualityCheck {
             &self.validation,
             None,
             DEFAULT_FALSE_REJECT_RATE,
+            &efficientad::region::Region::whole_image(),
             1,
             &mut |_| progress(),
         )?;
