@@ -343,13 +343,67 @@ impl Calibration {
                 found: version,
             });
         }
+        // serde's messages do not name the field; the numbers a verdict depends on are
+        // checked by name first (a NaN threshold is written as null).
+        for pointer in [
+            "/threshold",
+            "/normalization/st/q_a",
+            "/normalization/st/q_b",
+            "/normalization/ae/q_a",
+            "/normalization/ae/q_b",
+        ] {
+            if let Some(v) = value.pointer(pointer).filter(|v| !v.is_number()) {
+                return Err(CalibrationError::Bad {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "{} is {v}; expected a finite number",
+                        pointer[1..].replace('/', ".")
+                    ),
+                });
+            }
+        }
         let mut calibration: Self =
             serde_json::from_value(value).map_err(|e| CalibrationError::Bad {
                 path: path.to_owned(),
                 reason: e.to_string(),
             })?;
+        calibration
+            .check()
+            .map_err(|reason| CalibrationError::Bad {
+                path: path.to_owned(),
+                reason,
+            })?;
         calibration.inspected = Region::load(&calibration.region)?;
         Ok(calibration)
+    }
+
+    /// The numbers a verdict depends on must make sense: finite quantiles with q_b > q_a for
+    /// each map (else the normalization divides by zero or turns the score upside down) and a
+    /// finite threshold. Names the first field that does not.
+    fn check(&self) -> Result<(), String> {
+        for (name, q) in [
+            ("normalization.st", self.normalization.st),
+            ("normalization.ae", self.normalization.ae),
+        ] {
+            for (field, v) in [("q_a", q.q_a), ("q_b", q.q_b)] {
+                if !v.is_finite() {
+                    return Err(format!("{name}.{field} is {v}; expected a finite number"));
+                }
+            }
+            if q.q_b <= q.q_a {
+                return Err(format!(
+                    "{name}.q_b ({}) must be greater than {name}.q_a ({}); run `efficientad calibrate` again",
+                    q.q_b, q.q_a
+                ));
+            }
+        }
+        if !self.threshold.is_finite() {
+            return Err(format!(
+                "threshold is {}; expected a finite number",
+                self.threshold
+            ));
+        }
+        Ok(())
     }
 
     /// Loads a calibration and checks that it belongs to `bundle`.

@@ -215,6 +215,19 @@ impl Engine {
                 if only.dtype().tensor_type() != Some(TensorElementType::Uint8) {
                     return Err(contract(format!("input `{INPUT}` must be uint8")));
                 }
+                // model.json's sizes must be the graph's: checked here, at load, not by an
+                // ERROR on every image.
+                let size = bundle.info.input_size as i64;
+                if let Some(shape) = only.dtype().tensor_shape()
+                    && (shape.len() != 4
+                        || [shape[1], shape[2]].iter().any(|&d| d >= 0 && d != size)
+                        || (shape[3] >= 0 && shape[3] != 3))
+                {
+                    return Err(contract(format!(
+                        "input `{INPUT}` has shape {:?}, but model.json says input_size {size} ([N,{size},{size},3]); the bundle's files do not belong together",
+                        &shape[..]
+                    )));
+                }
             }
             _ => {
                 let names: Vec<&str> = inputs.iter().map(|i| i.name()).collect();
@@ -232,6 +245,15 @@ impl Engine {
                 .ok_or_else(|| contract(format!("output `{name}` is missing")))?;
             if outlet.dtype().tensor_type() != Some(TensorElementType::Float32) {
                 return Err(contract(format!("output `{name}` must be float32")));
+            }
+            let size = bundle.info.map_size as i64;
+            if let Some(shape) = outlet.dtype().tensor_shape()
+                && (shape.len() != 3 || [shape[1], shape[2]].iter().any(|&d| d >= 0 && d != size))
+            {
+                return Err(contract(format!(
+                    "output `{name}` has shape {:?}, but model.json says map_size {size} ([N,{size},{size}]); the bundle's files do not belong together",
+                    &shape[..]
+                )));
             }
         }
         Ok(())

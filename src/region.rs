@@ -159,7 +159,8 @@ impl Region {
         }
         match &self.mask {
             Some(mask) => {
-                let mx = ((cx * f64::from(mask.width()) / width as f64) as u32).min(mask.width() - 1);
+                let mx =
+                    ((cx * f64::from(mask.width()) / width as f64) as u32).min(mask.width() - 1);
                 let my =
                     ((cy * f64::from(mask.height()) / height as f64) as u32).min(mask.height() - 1);
                 mask.get_pixel(mx, my).0[0] > 127
@@ -179,7 +180,13 @@ impl Region {
     /// The full-size map as the heatmap shows it: like [`crate::anomaly::to_image_size`], but
     /// every grid cell outside the region (padding cells included) is NaN, which the overlay
     /// draws as the dimmed image.
-    pub fn display_map(&self, combined: &[f32], size: usize, width: usize, height: usize) -> Vec<f32> {
+    pub fn display_map(
+        &self,
+        combined: &[f32],
+        size: usize,
+        width: usize,
+        height: usize,
+    ) -> Vec<f32> {
         let grid = size + 2 * MAP_PAD;
         let mut padded = vec![0f32; grid * grid];
         for gy in 0..grid {

@@ -38,7 +38,11 @@ pub struct TestRun {
 
 /// The ground truth of one image as bits: its mask, all zeros for a good image, `None` for a
 /// defect image without a mask.
-fn load_mask(item: &TestImage, width: usize, height: usize) -> Result<Option<Vec<u64>>, TestRunError> {
+fn load_mask(
+    item: &TestImage,
+    width: usize,
+    height: usize,
+) -> Result<Option<Vec<u64>>, TestRunError> {
     let Some(path) = &item.mask else {
         return Ok((!item.anomalous).then(|| pack_mask(&vec![0; width * height])));
     };

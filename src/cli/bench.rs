@@ -10,10 +10,10 @@ use clap::Args;
 use efficientad::batch::{Outcome as ImageOutcome, RunOptions, list_images, ms, run_files};
 use efficientad::bundle::Bundle;
 use efficientad::calibration::{Calibration, MapPair, ValidationSet, compute};
-use efficientad::region::Region;
 use efficientad::engine::{Engine, RawMaps};
 use efficientad::inspect::judge;
 use efficientad::preprocess::{Preprocessor, decode_file};
+use efficientad::region::Region;
 use serde::Serialize;
 
 use super::{EngineArgs, Outcome};

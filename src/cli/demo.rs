@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use crossbeam_channel::bounded;
 use efficientad::bundle::Bundle;
 use efficientad::calibration::Calibration;
@@ -132,8 +132,10 @@ pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
             }
         },
     )?;
+    // The samples were drawn at random from the test split (README: Demo samples), not
+    // chosen among parts the model gets right: a wrong verdict is the model's, shown as such.
     eprintln!(
-        "efficientad demo: {correct}/{} verdicts correct; latency p50 {:.1} ms, max {:.1} ms on {provider_used}; heatmaps in {}",
+        "efficientad demo: {correct}/{} verdicts agree with the sample's folder (good = OK, defect = NG); latency p50 {:.1} ms, max {:.1} ms on {provider_used}; heatmaps in {}",
         files.len(),
         summary.percentile(0.5),
         summary.max_ms,
@@ -141,13 +143,6 @@ pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
     );
     for w in &wrong {
         eprintln!("efficientad demo: {w}");
-    }
-    if !wrong.is_empty() {
-        bail!(
-            "{} of {} samples did not get the verdict their folder implies",
-            wrong.len(),
-            files.len()
-        );
     }
     Ok(Outcome::Success)
 }

@@ -12,8 +12,8 @@ use efficientad::dataset::test_set;
 use efficientad::engine::Engine;
 use efficientad::evaluation::{EvalImage, EvalReport, GroupMetrics, report};
 use efficientad::inspect::HeatmapSink;
-use efficientad::test_run::{TestRun, run_test_split};
 use efficientad::metrics::{DEFAULT_BUDGET, DEFAULT_FPR_LIMIT};
+use efficientad::test_run::{TestRun, run_test_split};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{EngineArgs, Outcome};
@@ -93,9 +93,16 @@ pub fn run(args: EvalArgs) -> anyhow::Result<Outcome> {
         value["dataset"] = args.dataset.display().to_string().into();
         value["provider"] = engine.provider().to_string().into();
         value["failed_images"] = failures.len().into();
+        value["region"] = serde_json::to_value(&calibration.region)?;
         println!("{value}");
     } else {
         print_table(&rep, &args, &bundle, &engine, failures.len());
+        if !calibration.region.is_whole_image() {
+            println!(
+                "inspection region (calibration): {}; image metrics and verdicts use it, pixel metrics cover the whole image",
+                describe_region(&calibration.region)
+            );
+        }
     }
     Ok(if failures.is_empty() {
         Outcome::Success
@@ -178,4 +185,15 @@ fn print_table(rep: &EvalReport, args: &EvalArgs, bundle: &Bundle, engine: &Engi
     if failed > 0 {
         println!("{failed} images could not be run (see stderr)");
     }
+}
+
+fn describe_region(region: &efficientad::region::RegionRecord) -> String {
+    let mut parts = Vec::new();
+    if region.ignore_border_px > 0 {
+        parts.push(format!("{} px border ignored", region.ignore_border_px));
+    }
+    if let Some(roi) = &region.roi {
+        parts.push(format!("ROI mask {}", roi.path));
+    }
+    parts.join(", ")
 }

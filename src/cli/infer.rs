@@ -60,6 +60,18 @@ pub fn run(args: InferArgs) -> anyhow::Result<Outcome> {
     let bundle = Bundle::open(&args.engine.model)?;
     let calibration = Calibration::load_for(&args.calibration, &bundle)?;
     let files = list_images(&args.paths)?;
+    if files.is_empty() {
+        // As `calibrate` and `run`: nothing to judge is a setup error, never a silent success.
+        anyhow::bail!(
+            "no images in {} (supported: {})",
+            args.paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            efficientad::batch::IMAGE_EXTENSIONS.join(", ")
+        );
+    }
     let mut heatmaps = match &args.heatmaps {
         Some(dir) => Some(
             HeatmapSink::new(dir, args.all_heatmaps)

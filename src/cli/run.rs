@@ -181,5 +181,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         )
         .context("writing answers to stdout")?;
     eprintln!("efficientad: {}", summary.line());
-    Ok(Outcome::Success)
+    // README's exit status: 1 when some trigger was answered ERROR.
+    Ok(if summary.errors > 0 {
+        Outcome::SomeErrors
+    } else {
+        Outcome::Success
+    })
 }

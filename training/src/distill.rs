@@ -376,6 +376,8 @@ pub fn distill(
         crate::model::init_conv(conv, &mut rng, &device);
     }
 
+    // Wall time of the whole distillation, target statistics included.
+    let started = Instant::now();
     let stats_files = stats_sample(&files, config.stats_images, config.seed);
     let mut sum = vec![0f64; TEACHER_CHANNELS];
     let mut sq = vec![0f64; TEACHER_CHANNELS];
@@ -443,7 +445,7 @@ pub fn distill(
             images_per_second: config.batch as f64 / t0.elapsed().as_secs_f64(),
         });
         if config.save_every > 0 && step % config.save_every == 0 && step < config.steps {
-            let (teacher, info) = finished(&pdn, config, step);
+            let (teacher, info) = finished(&pdn, config, step, started.elapsed().as_secs_f64());
             events(Event::Snapshot {
                 step,
                 teacher: &teacher,
@@ -451,12 +453,22 @@ pub fn distill(
             });
         }
     }
-    Ok(finished(&pdn, config, step))
+    Ok(finished(
+        &pdn,
+        config,
+        step,
+        started.elapsed().as_secs_f64(),
+    ))
 }
 
 /// The distilled teacher after `step` steps (padding off, as the student trains against it)
 /// and what it saw.
-fn finished(pdn: &Pdn, config: &DistillConfig, step: usize) -> (Pdn, CheckpointInfo) {
+fn finished(
+    pdn: &Pdn,
+    config: &DistillConfig,
+    step: usize,
+    wall_seconds: f64,
+) -> (Pdn, CheckpointInfo) {
     let mut teacher = pdn.valid();
     teacher.set_padding(false);
     let info = CheckpointInfo {
@@ -475,7 +487,42 @@ fn finished(pdn: &Pdn, config: &DistillConfig, step: usize) -> (Pdn, CheckpointI
             "images_seen": step * config.batch,
             "stats_images": config.stats_images,
             "stats_sample": "seeded random sample of the image folder",
+            "wall_seconds": wall_seconds,
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
         }),
     };
     (teacher, info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder sorted by class: the statistics sample must reach across it, not take the head,
+    /// and be the same for the same seed.
+    #[test]
+    fn stats_sample_is_seeded_and_spread_over_the_folder() {
+        let files: Vec<PathBuf> = (0..1000)
+            .map(|i| PathBuf::from(format!("{i:04}.jpg")))
+            .collect();
+        let a = stats_sample(&files, 100, 0);
+        assert_eq!(a, stats_sample(&files, 100, 0));
+        assert_ne!(a, stats_sample(&files, 100, 1));
+        assert_eq!(a.len(), 100);
+        let mut unique = a.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 100, "drawn without replacement");
+        let index = |p: &PathBuf| -> usize { p.to_string_lossy()[..4].parse().expect("index") };
+        // Every tenth of the folder is represented (a uniform draw misses one with p < 0.003).
+        for decile in 0..10 {
+            assert!(
+                a.iter().any(|p| index(p) / 100 == decile),
+                "no image from {}..{}",
+                decile * 100,
+                decile * 100 + 99
+            );
+        }
+        assert_eq!(stats_sample(&files[..5], 100, 0).len(), 5);
+    }
 }

@@ -33,12 +33,14 @@ pub fn run(config: &FitConfig, resume: bool, calibration_out: &Path) -> anyhow::
     let mut last_line = std::time::Instant::now();
     // Found before training, so that a dataset without a test split fails now.
     let quality = if config.eval_every > 0 {
-        Some(QualityCheck::new(&config.dataset, &config.work).with_context(|| {
-            format!(
-                "--eval-every needs the test split of {}",
-                config.dataset.display()
-            )
-        })?)
+        Some(
+            QualityCheck::new(&config.dataset, &config.work).with_context(|| {
+                format!(
+                    "--eval-every needs the test split of {}",
+                    config.dataset.display()
+                )
+            })?,
+        )
     } else {
         None
     };

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod bench;
 pub mod checkpoint;
 pub mod conv;
+pub mod curves;
 pub mod data;
 pub mod distill;
 pub mod export;

@@ -182,6 +182,35 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Backend::Cpu)]
         device: Backend,
     },
+    /// Draw the quality checkpoints of `fit --eval-every` runs (image AUROC, pixel AUROC,
+    /// AU-PRO against student steps, one line per run) to a PNG, and print them as a table.
+    Plot {
+        /// Run folders (fit's --work), each optionally with its legend label: DIR or DIR=LABEL.
+        #[arg(required = true, value_name = "RUN")]
+        runs: Vec<String>,
+        /// PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// TrueType font for the labels (default: DejaVu Sans or Liberation Sans from the system).
+        #[arg(long)]
+        font: Option<PathBuf>,
+    },
+    /// Pick demo parts at random from a dataset's test split (seeded): GOOD good parts and
+    /// DEFECTIVE parts from all defect folders together, copied into OUT/<folder>/.
+    DemoSamples {
+        /// Dataset folder in the MVTec layout.
+        #[arg(long)]
+        dataset: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 3)]
+        good: usize,
+        #[arg(long, default_value_t = 3)]
+        defective: usize,
+        /// Folder to fill (emptied first), e.g. onnx/mtd-s/samples.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Import a pretrained PDN teacher from a PyTorch state_dict (.pth), in either key style
     /// (`0.weight`… or `conv1.weight`…), into the project's checkpoint format.
     ImportTeacher {
@@ -415,6 +444,66 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 scripts,
             };
             bench_cli::run(&config, json)?;
+        }
+        Command::Plot { runs, out, font } => {
+            use efficientad_training::curves;
+            let runs = runs
+                .iter()
+                .map(|arg| {
+                    let (dir, label) = match arg.split_once('=') {
+                        Some((dir, label)) => (PathBuf::from(dir), label.to_string()),
+                        None => {
+                            let dir = PathBuf::from(arg);
+                            let label = dir
+                                .file_name()
+                                .map_or_else(|| arg.clone(), |n| n.to_string_lossy().into_owned());
+                            (dir, label)
+                        }
+                    };
+                    curves::Run::read(&dir, label)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            curves::load_font(font.as_deref())?;
+            curves::plot(&runs, &out)?;
+            print!("{}", curves::table(&runs));
+            eprintln!("efficientad-train: wrote {}", out.display());
+        }
+        Command::DemoSamples {
+            dataset,
+            seed,
+            good,
+            defective,
+            out,
+        } => {
+            let items = efficientad::dataset::test_set(&dataset)?;
+            let mut rng = Rng::new(seed);
+            let mut chosen = Vec::new();
+            for (anomalous, count) in [(false, good), (true, defective)] {
+                let mut pool: Vec<_> = items.iter().filter(|i| i.anomalous == anomalous).collect();
+                if pool.len() < count {
+                    bail!(
+                        "{} has {} {} test images, fewer than the {count} asked for",
+                        dataset.display(),
+                        pool.len(),
+                        if anomalous { "defective" } else { "good" }
+                    );
+                }
+                rng.shuffle(&mut pool);
+                chosen.extend(pool.into_iter().take(count));
+            }
+            if out.exists() {
+                std::fs::remove_dir_all(&out)
+                    .with_context(|| format!("emptying {}", out.display()))?;
+            }
+            for item in chosen {
+                let dir = out.join(&item.defect);
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let name = item.path.file_name().context("image without a file name")?;
+                std::fs::copy(&item.path, dir.join(name))
+                    .with_context(|| format!("copying {}", item.path.display()))?;
+                println!("{}", dir.join(name).display());
+            }
         }
         Command::ImportTeacher { pth, variant, out } => {
             let teacher = import_teacher(&pth, variant, &device)?;

@@ -685,6 +685,8 @@ pub fn train(
         "final_losses": state.last_losses,
         "wall_seconds": state.wall_seconds,
         "backend": format!("burn {:?}", config.backend),
+        // What the teacher saw (distillation images, steps, batch, statistics sample).
+        "teacher_distillation": teacher_info.training,
     });
     Ok(Trained {
         model: model.valid(),

@@ -1085,8 +1085,11 @@ fn fit_eval_every_logs_test_quality_of_the_checked_model_issue13() {
                 let mask = format!("{stem}_mask.png");
                 let gt = dataset.join("ground_truth").join(folder);
                 std::fs::create_dir_all(&gt).expect("dir");
-                std::fs::copy(mtd.join("ground_truth").join(folder).join(&mask), gt.join(&mask))
-                    .expect("copy mask");
+                std::fs::copy(
+                    mtd.join("ground_truth").join(folder).join(&mask),
+                    gt.join(&mask),
+                )
+                .expect("copy mask");
             }
         }
     }
@@ -1109,8 +1112,7 @@ fn fit_eval_every_logs_test_quality_of_the_checked_model_issue13() {
         .expect("run fit");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    let checks =
-        efficientad_training::quality::read_quality(&work.join("log.jsonl")).expect("log");
+    let checks = efficientad_training::quality::read_quality(&work.join("log.jsonl")).expect("log");
     assert_eq!(
         checks.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         [2, 4],
@@ -1128,11 +1130,9 @@ fn fit_eval_every_logs_test_quality_of_the_checked_model_issue13() {
     let checked = work.join("eval-bundle");
     let bundle = Bundle::open(&checked).expect("checked bundle");
     assert_eq!(bundle.info.training["steps"], 4);
-    let calibration = efficientad::calibration::Calibration::load_for(
-        &checked.join("calibration.json"),
-        &bundle,
-    )
-    .expect("calibration of the checked bundle");
+    let calibration =
+        efficientad::calibration::Calibration::load_for(&checked.join("calibration.json"), &bundle)
+            .expect("calibration of the checked bundle");
     let mut engine = cpu_engine(&bundle);
     let mut scored = Vec::new();
     for (folder, anomalous) in [("good", false), ("crack", true)] {
@@ -1154,4 +1154,117 @@ fn fit_eval_every_logs_test_quality_of_the_checked_model_issue13() {
         (logged - expected).abs() < 1e-9,
         "logged {logged}, recomputed {expected}: {scored:?}"
     );
+}
+
+/// `distill-teacher --save-every 1` on real images with the real backbone: a teacher after
+/// each step and the final one, each saying what it saw (steps, batch, images seen, the
+/// random statistics sample, wall time).
+#[test]
+fn distill_snapshots_record_what_the_teacher_saw_issue13() {
+    let dir = temp_dir("distill-snap");
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).expect("dir");
+    let mut natural: Vec<_> = std::fs::read_dir(shared_data().join("imagenet-sample"))
+        .expect("imagenet-sample")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    natural.sort();
+    for f in natural.iter().take(4) {
+        std::fs::copy(f, images.join(f.file_name().expect("name"))).expect("copy");
+    }
+    let out = dir.join("teacher.bpk");
+    let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+        .args([
+            "distill-teacher",
+            "--steps",
+            "2",
+            "--batch",
+            "1",
+            "--save-every",
+            "1",
+        ])
+        .args(["--stats-images", "2", "--seed", "5"])
+        .arg("--backbone")
+        .arg(shared_data().join("../weights/efficientnet_lite0_features.onnx"))
+        .arg("--images")
+        .arg(&images)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run distill-teacher");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    for (path, steps) in [(dir.join("teacher.step1.bpk"), 1), (out.clone(), 2)] {
+        let info = checkpoint::read_info(&path).expect("teacher info");
+        match &info.teacher {
+            TeacherProvenance::Distilled { steps: s, .. } => assert_eq!(*s, steps),
+            other => panic!("{other:?}"),
+        }
+        let t = &info.training;
+        assert_eq!(t["batch"], 1);
+        assert_eq!(t["images_seen"], steps);
+        assert_eq!(t["stats_images"], 2);
+        assert_eq!(t["seed"], 5);
+        assert!(t["wall_seconds"].as_f64().is_some_and(|w| w > 0.0), "{t}");
+    }
+    assert!(
+        !dir.join("teacher.step2.bpk").exists(),
+        "the last step is the final teacher"
+    );
+}
+
+/// `demo-samples` draws the asked numbers of good and defective parts from the test split,
+/// the same ones for the same seed, copied under their folder names.
+#[test]
+fn demo_samples_are_a_seeded_random_draw_from_the_test_split_issue13() {
+    let dir = temp_dir("demo-samples");
+    let draw = |seed: &str, out: &str| -> Vec<String> {
+        let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+            .args([
+                "demo-samples",
+                "--good",
+                "2",
+                "--defective",
+                "3",
+                "--seed",
+                seed,
+            ])
+            .arg("--dataset")
+            .arg(shared_data().join("mtd"))
+            .arg("--out")
+            .arg(dir.join(out))
+            .output()
+            .expect("run demo-samples");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut files: Vec<String> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|l| {
+                let p = std::path::Path::new(l);
+                assert!(p.is_file(), "{l}");
+                let folder = p.parent().and_then(|f| f.file_name()).expect("folder");
+                format!(
+                    "{}/{}",
+                    folder.to_string_lossy(),
+                    p.file_name().expect("name").to_string_lossy()
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let a = draw("4", "a");
+    assert_eq!(a, draw("4", "b"), "same seed, same parts");
+    assert_ne!(a, draw("5", "c"), "another seed, other parts");
+    assert_eq!(a.iter().filter(|f| f.starts_with("good/")).count(), 2);
+    assert_eq!(a.len(), 5);
+    for f in &a {
+        assert!(
+            shared_data().join("mtd/test").join(f).is_file(),
+            "{f} is a test image"
+        );
+    }
 }
