@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use efficientad::engine::{EngineOptions, Provider};
 
-const AFTER_HELP: &str = "Exit status: 0 success; 1 the run finished but some images or triggers got ERROR; \
+const AFTER_HELP: &str = "Exit status: 0 success; 1 the run finished but some images got ERROR (infer, eval; `run` ends 0 on EOF or a signal, its ERROR answers carry the errors); \
 2 setup error (bad arguments, model, calibration, ONNX Runtime).\n\
 ONNX Runtime is found via ORT_DYLIB_PATH, the python3 onnxruntime package, or the user cache \
 (installed there with pip on first use unless EFFICIENTAD_NO_ORT_INSTALL=1).";

@@ -807,13 +807,9 @@ fn every_trigger_gets_one_answer_in_order_even_malformed_ones_issue5() {
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read rest");
     assert!(rest.is_empty(), "extra output: {rest}");
-    // EOF ends the run cleanly; some triggers were answered ERROR, so the exit status is 1
-    // (README: exit status), not a crash (a signal) and not 2.
-    assert_eq!(
-        status.code(),
-        Some(1),
-        "EOF must end the run, exit 1 after ERROR answers"
-    );
+    // EOF ends the run cleanly: exit 0 even though some triggers were answered ERROR
+    // (README: exit status; the answers carry the errors).
+    assert_eq!(status.code(), Some(0), "EOF must end the run cleanly");
     let mut frames_seen = 0;
     for (i, (answer, (id, error))) in answers.iter().zip(&expect).enumerate() {
         assert_eq!(answer["seq"], i as u64 + 1, "{answer}");
@@ -900,8 +896,8 @@ fn a_lost_source_gives_errors_then_reconnects_and_recovers_issue5() {
     let output = child.wait_with_output().expect("wait");
     assert_eq!(
         output.status.code(),
-        Some(1),
-        "ERROR answers while the camera was lost"
+        Some(0),
+        "ERROR answers do not fail a session"
     );
     let stderr = text(&output.stderr);
     assert!(
