@@ -515,6 +515,7 @@ fn run_maps(
 
 /// Runs the model over normal (and optionally anomalous) images and builds the calibration.
 /// Unreadable images are reported through `progress`, counted, and left out.
+#[allow(clippy::too_many_arguments)]
 pub fn calibrate_files(
     engine: &mut Engine,
     bundle: &Bundle,

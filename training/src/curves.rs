@@ -56,8 +56,11 @@ impl Run {
     }
 }
 
+/// One metric of a checkpoint.
+type Metric = fn(&Quality) -> Option<f64>;
+
 /// The metrics drawn, in panel order.
-const METRICS: [(&str, fn(&Quality) -> Option<f64>); 3] = [
+const METRICS: [(&str, Metric); 3] = [
     ("image AUROC", |q| q.image_auroc),
     ("pixel AUROC", |q| q.pixel_auroc),
     ("AU-PRO (FPR ≤ 0.3)", |q| q.au_pro),
