@@ -759,30 +759,14 @@ fn tiny_setup(
     let dataset = dir.join("data");
     let mtd = shared_data().join("mtd");
     let copy = |from: &str, to: &str, n: usize| {
-        std::fs::create_dir_all(dataset.join(to)).expect("dir");
-        let mut files: Vec<_> = std::fs::read_dir(mtd.join(from))
-            .expect("mtd")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        files.sort();
-        for f in files.iter().take(n) {
-            std::fs::copy(f, dataset.join(to).join(f.file_name().expect("name"))).expect("copy");
-        }
+        copy_first(&mtd.join(from), &dataset.join(to), n);
     };
     copy("train/good", "train/good", 5);
     if validation {
         copy("validation/good", "validation/good", 3);
     }
     let penalty = dir.join("penalty");
-    std::fs::create_dir_all(&penalty).expect("dir");
-    let mut natural: Vec<_> = std::fs::read_dir(shared_data().join("imagenet-sample"))
-        .expect("imagenet-sample")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    natural.sort();
-    for f in natural.iter().take(3) {
-        std::fs::copy(f, penalty.join(f.file_name().expect("name"))).expect("copy");
-    }
+    copy_first(&shared_data().join("imagenet-sample"), &penalty, 3);
     (teacher_path, dataset, penalty)
 }
 
@@ -1071,20 +1055,17 @@ fn fit_eval_every_logs_test_quality_of_the_checked_model_issue13() {
     let (teacher, dataset, penalty) = tiny_setup("fit-eval", true);
     let mtd = shared_data().join("mtd");
     for (folder, n) in [("good", 3), ("crack", 3)] {
-        let to = dataset.join("test").join(folder);
-        std::fs::create_dir_all(&to).expect("dir");
-        let mut files: Vec<_> = std::fs::read_dir(mtd.join("test").join(folder))
-            .expect("mtd test")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        files.sort();
-        for f in files.iter().take(n) {
-            std::fs::copy(f, to.join(f.file_name().expect("name"))).expect("copy");
-            if folder != "good" {
+        let copied = copy_first(
+            &mtd.join("test").join(folder),
+            &dataset.join("test").join(folder),
+            n,
+        );
+        if folder != "good" {
+            let gt = dataset.join("ground_truth").join(folder);
+            std::fs::create_dir_all(&gt).expect("dir");
+            for f in copied {
                 let stem = f.file_stem().expect("stem").to_string_lossy().into_owned();
                 let mask = format!("{stem}_mask.png");
-                let gt = dataset.join("ground_truth").join(folder);
-                std::fs::create_dir_all(&gt).expect("dir");
                 std::fs::copy(
                     mtd.join("ground_truth").join(folder).join(&mask),
                     gt.join(&mask),
@@ -1136,12 +1117,7 @@ fn fit_eval_every_logs_test_quality_of_the_checked_model_issue13() {
     let mut engine = cpu_engine(&bundle);
     let mut scored = Vec::new();
     for (folder, anomalous) in [("good", false), ("crack", true)] {
-        let mut files: Vec<_> = std::fs::read_dir(dataset.join("test").join(folder))
-            .expect("test")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        files.sort();
-        for f in files {
+        for f in sorted_files(&dataset.join("test").join(folder)) {
             let maps = engine.run(&batch_u8(&[f], 256), 1).expect("run");
             let combined = calibration.normalization.combine(&maps.st, &maps.ae);
             let max = combined.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -1163,15 +1139,7 @@ fn fit_eval_every_logs_test_quality_of_the_checked_model_issue13() {
 fn distill_snapshots_record_what_the_teacher_saw_issue13() {
     let dir = temp_dir("distill-snap");
     let images = dir.join("images");
-    std::fs::create_dir_all(&images).expect("dir");
-    let mut natural: Vec<_> = std::fs::read_dir(shared_data().join("imagenet-sample"))
-        .expect("imagenet-sample")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    natural.sort();
-    for f in natural.iter().take(4) {
-        std::fs::copy(f, images.join(f.file_name().expect("name"))).expect("copy");
-    }
+    copy_first(&shared_data().join("imagenet-sample"), &images, 4);
     let out = dir.join("teacher.bpk");
     let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
         .args([

@@ -122,3 +122,25 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// The files of `dir`, sorted by name.
+pub fn sorted_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Copies the first `n` files of `from` (sorted by name) into `to`, created if needed; returns
+/// the sources copied.
+pub fn copy_first(from: &Path, to: &Path, n: usize) -> Vec<PathBuf> {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("creating {}: {e}", to.display()));
+    let files: Vec<PathBuf> = sorted_files(from).into_iter().take(n).collect();
+    for f in &files {
+        let name = f.file_name().expect("file name");
+        std::fs::copy(f, to.join(name)).unwrap_or_else(|e| panic!("copying {}: {e}", f.display()));
+    }
+    files
+}
