@@ -1,11 +1,14 @@
-//! Offline image runs (`infer`, `calibrate`, `eval`, `bench`): list image files, decode and
-//! resize them on a worker thread while the engine runs the previous batch, and hand back one
-//! outcome per image, in input order.
+//! Offline image runs (`infer`, `calibrate`, `eval`, `bench`): decode and resize image files on
+//! a worker thread while the engine runs the previous batch, and hand back one outcome per
+//! image, in input order. [`calibrate`] and [`test_split`] are the two runs built on it.
 //!
 //! A bounded channel joins the two threads, so decoding never runs more than two batches
 //! ahead. A file that cannot be read or decoded becomes an error outcome for that file alone;
 //! an engine failure becomes an error outcome for each image of that batch. Nothing aborts the
 //! run except the caller.
+
+pub mod calibrate;
+pub mod test_split;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -14,64 +17,9 @@ use crossbeam_channel::bounded;
 use image::RgbImage;
 
 use crate::engine::{Engine, RawMaps};
+use crate::inspect::{MapsView, Part};
+use crate::ms;
 use crate::preprocess::{Preprocessor, decode_file, to_rgb8};
-
-/// File extensions picked up when a folder is given.
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "tif", "tiff"];
-
-#[derive(Debug, thiserror::Error)]
-pub enum ListError {
-    #[error("{0} does not exist")]
-    Missing(PathBuf),
-    #[error("cannot list {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
-}
-
-/// Expands files and folders into a list of files: a file is taken as given (so a non-image
-/// gets its own error line), a folder contributes its image files, recursively, sorted.
-pub fn list_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ListError> {
-    let mut out = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut found = Vec::new();
-            walk(path, &mut found)?;
-            found.sort();
-            out.extend(found);
-        } else if path.exists() {
-            out.push(path.clone());
-        } else {
-            return Err(ListError::Missing(path.clone()));
-        }
-    }
-    Ok(out)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ListError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| ListError::Read {
-        path: dir.to_owned(),
-        reason: e.to_string(),
-    })?;
-    for entry in entries.filter_map(Result::ok) {
-        let path = entry.path();
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        if hidden {
-            continue;
-        }
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else if path
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-        {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
 
 /// Milliseconds spent per stage for one image.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -102,6 +50,27 @@ pub struct ImageMaps {
     pub timings: Timings,
     /// When decoding of this image started.
     pub started: Instant,
+}
+
+impl ImageMaps {
+    /// The maps, borrowed for [`crate::inspect::judge`].
+    pub fn view(&self) -> MapsView<'_> {
+        MapsView {
+            st: &self.st,
+            ae: &self.ae,
+            side: self.map_size,
+        }
+    }
+
+    /// The image they belong to.
+    pub fn part(&self) -> Part<'_> {
+        Part {
+            name: &self.path,
+            width: self.width,
+            height: self.height,
+            image: self.image.as_ref(),
+        }
+    }
 }
 
 /// One outcome per input file.
@@ -272,9 +241,4 @@ fn run_batch(
             }
         }
     }
-}
-
-/// Milliseconds of a duration.
-pub fn ms(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }

@@ -65,6 +65,23 @@ pub enum BundleError {
     },
 }
 
+impl ModelInfo {
+    /// Parses a model.json text and checks its format version; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, BundleError> {
+        let info: ModelInfo = serde_json::from_str(text).map_err(|e| BundleError::BadInfo {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if info.format_version != BUNDLE_FORMAT_VERSION {
+            return Err(BundleError::Version {
+                path: path.to_owned(),
+                found: info.format_version,
+            });
+        }
+        Ok(info)
+    }
+}
+
 /// An opened, verified bundle.
 #[derive(Clone, Debug)]
 pub struct Bundle {
@@ -90,16 +107,7 @@ impl Bundle {
             path: info_path.clone(),
             reason: e.to_string(),
         })?;
-        let info: ModelInfo = serde_json::from_str(&text).map_err(|e| BundleError::BadInfo {
-            path: info_path.clone(),
-            reason: e.to_string(),
-        })?;
-        if info.format_version != BUNDLE_FORMAT_VERSION {
-            return Err(BundleError::Version {
-                path: info_path,
-                found: info.format_version,
-            });
-        }
+        let info = ModelInfo::parse(&text, &info_path)?;
         let found = file_sha256(&onnx_path).map_err(|e| BundleError::Read {
             path: onnx_path.clone(),
             reason: e.to_string(),

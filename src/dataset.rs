@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::batch::list_images;
+use crate::images::list_images;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {

@@ -10,14 +10,21 @@ pub mod calibration;
 pub mod dataset;
 pub mod engine;
 pub mod evaluation;
+pub mod images;
 pub mod inspect;
 pub mod metrics;
 pub mod onnx_proto;
 pub mod ortlib;
 pub mod pipeline;
 pub mod preprocess;
+#[cfg(test)]
+mod properties;
+pub mod protocol;
 pub mod region;
 pub mod report;
 pub mod source;
-pub mod test_run;
-pub mod trigger;
+
+/// Milliseconds of a duration (how every timing in answers, logs and reports is given).
+pub fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

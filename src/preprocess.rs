@@ -163,11 +163,20 @@ mod tests {
 
     #[test]
     fn gray16_and_rgba_become_rgb8() {
-        let gray =
-            image::ImageBuffer::<image::Luma<u16>, _>::from_pixel(4, 3, image::Luma([65535u16]));
+        // 16-bit levels scale linearly to 8-bit (v·255/65535, rounded), not by a shift and
+        // not by clipping: 1000 is 4 (a shift gives 3), 50000 is 195 (a shift gives 195 too,
+        // clipping 255), 257 is 1.
+        let levels = [0u16, 257, 1000, 32896, 50000, 65535];
+        let gray = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(6, 2, |x, _| {
+            image::Luma([levels[x as usize]])
+        });
         let rgb = to_rgb8(DynamicImage::ImageLuma16(gray));
-        assert_eq!(rgb.dimensions(), (4, 3));
-        assert!(rgb.as_raw().iter().all(|&v| v == 255));
+        assert_eq!(rgb.dimensions(), (6, 2));
+        for (x, &v) in levels.iter().enumerate() {
+            let want = (f64::from(v) * 255.0 / 65535.0).round() as u8;
+            assert_eq!(rgb.get_pixel(x as u32, 1).0, [want; 3], "level {v}");
+        }
+        assert_eq!(rgb.get_pixel(2, 0).0, [4; 3]);
         let rgba = image::RgbaImage::from_pixel(2, 2, image::Rgba([10, 20, 30, 0]));
         let rgb = to_rgb8(DynamicImage::ImageRgba8(rgba));
         assert_eq!(rgb.get_pixel(1, 1).0, [10, 20, 30]);

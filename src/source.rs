@@ -9,8 +9,11 @@ pub mod convert;
 pub mod dir;
 #[cfg(feature = "gige")]
 pub mod gige;
+mod settings;
 #[cfg(feature = "usb")]
 pub mod usb;
+
+pub use settings::{CameraOptions, GigeSettings, GigeTrigger, UsbSettings};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -65,12 +68,31 @@ pub enum SourceSpec {
     Gige(String),
 }
 
+/// Why a source could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A `dir:` source's folder is missing, unreadable or holds no images.
+    #[error("dir source: {0}")]
+    Folder(#[from] crate::images::FolderError),
+    /// The camera could not be found or set up (the driver's own words).
+    #[error("{0}")]
+    Camera(String),
+    #[error(
+        "{spec}: this binary was built without {kind} camera support (cargo feature `{feature}`)"
+    )]
+    NotBuilt {
+        spec: String,
+        kind: &'static str,
+        feature: &'static str,
+    },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("`{0}` is not a source; use dir:<folder>, usb:<index|name> or gige:<id|first>")]
     Unknown(String),
-    #[error("{0}")]
-    Open(String),
+    #[error(transparent)]
+    Open(#[from] OpenError),
 }
 
 impl SourceSpec {
@@ -101,38 +123,44 @@ impl SourceSpec {
 
     /// Opens the source; camera settings apply to `usb:` and `gige:` sources.
     pub fn open_with(&self, options: &CameraOptions) -> Result<Box<dyn FrameSource>, SpecError> {
-        let _ = options;
-        match self {
+        Ok(match self {
             SourceSpec::Dir {
                 folder,
                 fps,
                 looping,
-            } => Ok(Box::new(
-                dir::DirSource::open(folder, *fps, *looping).map_err(SpecError::Open)?,
-            )),
-            #[cfg(feature = "gige")]
-            SourceSpec::Gige(id) => Ok(Box::new(
-                gige::GigeSource::open(id, options.gige.clone()).map_err(SpecError::Open)?,
-            )),
-            #[cfg(feature = "usb")]
-            SourceSpec::Usb(spec) => Ok(Box::new(
-                usb::UsbSource::open(spec, options.usb.clone()).map_err(SpecError::Open)?,
-            )),
-            #[allow(unreachable_patterns)]
-            other => Err(SpecError::Open(format!(
-                "{other:?}: this binary was built without that camera support (cargo features gige, usb)"
-            ))),
-        }
+            } => Box::new(dir::DirSource::open(folder, *fps, *looping)?),
+            SourceSpec::Gige(id) => open_gige(id, &options.gige)?,
+            SourceSpec::Usb(spec) => open_usb(spec, &options.usb)?,
+        })
     }
 }
 
-/// Camera settings from the command line.
-#[derive(Clone, Debug, Default)]
-pub struct CameraOptions {
-    #[cfg(feature = "gige")]
-    pub gige: gige::GigeSettings,
-    #[cfg(feature = "usb")]
-    pub usb: usb::UsbSettings,
+#[cfg(feature = "gige")]
+fn open_gige(id: &str, settings: &GigeSettings) -> Result<Box<dyn FrameSource>, OpenError> {
+    Ok(Box::new(gige::GigeSource::open(id, settings.clone())?))
+}
+
+#[cfg(not(feature = "gige"))]
+fn open_gige(id: &str, _: &GigeSettings) -> Result<Box<dyn FrameSource>, OpenError> {
+    Err(OpenError::NotBuilt {
+        spec: format!("gige:{id}"),
+        kind: "GigE",
+        feature: "gige",
+    })
+}
+
+#[cfg(feature = "usb")]
+fn open_usb(spec: &str, settings: &UsbSettings) -> Result<Box<dyn FrameSource>, OpenError> {
+    Ok(Box::new(usb::UsbSource::open(spec, settings.clone())?))
+}
+
+#[cfg(not(feature = "usb"))]
+fn open_usb(spec: &str, _: &UsbSettings) -> Result<Box<dyn FrameSource>, OpenError> {
+    Err(OpenError::NotBuilt {
+        spec: format!("usb:{spec}"),
+        kind: "USB",
+        feature: "usb",
+    })
 }
 
 /// Cameras visible now, one line each (for `doctor`).

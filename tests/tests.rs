@@ -1007,6 +1007,15 @@ fn free_run_judges_frames_until_a_once_source_ends_issue5() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no dropped-frame count in {stderr}"));
     assert_eq!(lines.len() + dropped, 4, "{stderr}");
+    // The first frame (a good part) always finds inference idle: at least one real verdict,
+    // so the run cannot pass by dropping everything.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["verdict"] == "OK" || l["verdict"] == "NG"),
+        "no frame judged: {stderr}"
+    );
+    assert_eq!(lines[0]["frame"]["index"], 1, "{}", lines[0]);
     let seqs: Vec<u64> = lines
         .iter()
         .map(|l| l["seq"].as_u64().expect("seq"))
@@ -1131,7 +1140,7 @@ fn demo_gives_every_shipped_sample_its_independently_computed_verdict_issue13() 
     assert!(output.status.success(), "{stderr}");
     let lines = json_lines(&output.stdout);
     let samples =
-        efficientad::batch::list_images(&[root().join("onnx/mtd-s/samples")]).expect("samples");
+        efficientad::images::list_images(&[root().join("onnx/mtd-s/samples")]).expect("samples");
     assert!(samples.len() >= 4, "a handful of samples is shipped");
     assert_eq!(lines.len(), samples.len(), "one answer per sample");
     // The verdict each sample must get, computed here from the model's raw maps, the
@@ -1469,9 +1478,8 @@ fn reference_cells(
 /// heatmap shows the border dimmed.
 #[test]
 fn region_decides_score_verdict_and_heatmap_on_hand_made_maps_issue13() {
-    use efficientad::batch::{ImageMaps, Timings};
     use efficientad::calibration::Calibration;
-    use efficientad::inspect::{Verdict, judge};
+    use efficientad::inspect::{MapsView, Part, Verdict, judge};
     use efficientad::region::Region;
     let mut calibration: Calibration = serde_json::from_value(serde_json::json!({
         "format_version": 1, "model_name": "m", "model_sha256": "x", "provider": "cpu",
@@ -1489,31 +1497,28 @@ fn region_decides_score_verdict_and_heatmap_on_hand_made_maps_issue13() {
     let mut st = vec![0.0f32; 56 * 56];
     st[0] = 10.0; // corner cell: combined 0.5·0.1·10 = 0.5, NG on its own
     st[20 * 56 + 30] = 1.0; // inside: 0.05, OK
-    let maps = ImageMaps {
-        path: "hand-made.png".into(),
+    let ae = vec![0.0; 56 * 56];
+    let maps = MapsView {
+        st: &st,
+        ae: &ae,
+        side: 56,
+    };
+    let image = image::RgbImage::from_pixel(640, 640, image::Rgb([90, 120, 150]));
+    let part = Part {
+        name: std::path::Path::new("hand-made.png"),
         width: 640,
         height: 640,
-        image: Some(image::RgbImage::from_pixel(
-            640,
-            640,
-            image::Rgb([90, 120, 150]),
-        )),
-        st,
-        ae: vec![0.0; 56 * 56],
-        map_size: 56,
-        batch_size: 1,
-        timings: Timings::default(),
-        started: std::time::Instant::now(),
+        image: Some(&image),
     };
     let dir = temp_dir("region-hand");
     let mut combined = Vec::new();
-    let whole = judge(&maps, &calibration, &mut combined, None);
+    let whole = judge(maps, part, &calibration, &mut combined, None);
     assert!((whole.score - 0.5).abs() < 1e-6, "{}", whole.score);
     assert_eq!(whole.verdict, Verdict::Ng);
 
     calibration.inspected = Region::new(50, None).expect("region");
     let mut sink = efficientad::inspect::HeatmapSink::new(&dir, true).expect("sink");
-    let judged = judge(&maps, &calibration, &mut combined, Some(&mut sink));
+    let judged = judge(maps, part, &calibration, &mut combined, Some(&mut sink));
     assert!((judged.score - 0.05).abs() < 1e-6, "{}", judged.score);
     assert_eq!(judged.verdict, Verdict::Ok);
     // The kept map is the whole one (eval's pixel metrics use it).
@@ -1709,4 +1714,192 @@ fn broken_calibrations_and_empty_inputs_are_setup_errors_issue16() {
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("no images in"), "{stderr}");
+}
+
+/// Milliseconds since the epoch of an answer's RFC 3339 time (`YYYY-MM-DDTHH:MM:SS.mmmZ`),
+/// parsed here independently of the runtime's formatter.
+fn epoch_ms(time: &Value) -> i64 {
+    let t = time
+        .as_str()
+        .unwrap_or_else(|| panic!("not a time: {time}"));
+    let num = |r: std::ops::Range<usize>| -> i64 { t[r].parse().expect("digits") };
+    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
+    // Days from 1970-01-01 by counting (the test's own civil calendar, not the runtime's).
+    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let mut days: i64 = (1970..y).map(|y| if leap(y) { 366 } else { 365 }).sum();
+    let month_days = [
+        31,
+        if leap(y) { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    days += month_days[..(m - 1) as usize].iter().sum::<i64>() + d - 1;
+    ((days * 24 + num(11..13)) * 60 + num(14..16)) * 60_000 + num(17..19) * 1000 + num(20..23)
+}
+
+#[test]
+fn sigterm_while_the_model_loads_still_answers_and_exits_zero_issue16() {
+    let source = replay_folder("run-sigterm-early");
+    let (mut child, mut stdin, mut stdout) = spawn_run(&source, &[]);
+    stdin.write_all(b"e1\n{\"id\": 2}\n").expect("write");
+    stdin.flush().expect("flush");
+    // Stop as soon as the runtime says it is loading, long before it is ready.
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).expect("stderr") > 0,
+            "ended before loading: {log}"
+        );
+        log.push_str(&line);
+        if line.contains("loading") {
+            break;
+        }
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let mut answers = Vec::new();
+    let mut line = String::new();
+    while stdout.read_line(&mut line).expect("read") > 0 {
+        answers.push(serde_json::from_str::<Value>(&line).expect("json"));
+        line.clear();
+    }
+    std::io::Read::read_to_string(&mut stderr, &mut log).expect("stderr");
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM before ready must end with exit 0, not by the signal: {log}"
+    );
+    let stopping = log.find("stopping").expect("the stop is logged");
+    let ready = log.find("ready").expect("the model still loads");
+    assert!(
+        stopping < ready,
+        "the signal came after ready; this test did not test the early stop: {log}"
+    );
+    let ids: Vec<&Value> = answers.iter().map(|a| &a["id"]).collect();
+    assert_eq!(ids, [&Value::from("e1"), &Value::from(2)], "{log}");
+    assert!(log.contains("2 answers"), "summary missing: {log}");
+    drop(stdin);
+}
+
+#[test]
+fn numeric_ids_come_back_exactly_as_sent_issue16() {
+    let source = replay_folder("run-ids");
+    let (child, mut stdin, stdout) = spawn_run(&source, &[]);
+    stdin
+        .write_all(
+            b"{\"id\": 123456789012345678901234567890}\n{\"id\": 9007199254740993}\n{\"id\": -1.50}\n{\"id\": \"007\"}\n",
+        )
+        .expect("write");
+    drop(stdin);
+    let output = child.wait_with_output().expect("wait");
+    let mut raw = String::new();
+    let mut stdout = stdout;
+    std::io::Read::read_to_string(&mut stdout, &mut raw).expect("read");
+    // Compared as text: parsing the answers as JSON numbers would round them here too.
+    let lines: Vec<&str> = raw.lines().collect();
+    assert_eq!(lines.len(), 4, "{raw}{}", text(&output.stderr));
+    for (line, id) in lines.iter().zip([
+        "123456789012345678901234567890",
+        "9007199254740993",
+        "-1.50",
+        "\"007\"",
+    ]) {
+        assert!(
+            line.contains(&format!("\"id\":{id},")),
+            "id {id} not echoed exactly: {line}"
+        );
+    }
+}
+
+/// A burst of triggers at a camera that delivers 5 frames a second: each trigger is stamped
+/// when it arrives (not when the runtime gets to it), and one that waited longer than
+/// `--max-trigger-age-ms` is answered "overloaded" instead of being judged on a later part.
+#[test]
+fn a_burst_is_stamped_on_arrival_and_stale_triggers_are_overloaded_issue16() {
+    let source = replay_folder("run-burst");
+    let limit_ms = 600.0;
+    let mut child = efficientad()
+        .args([
+            "run",
+            "--provider",
+            "cpu",
+            "--fps",
+            "5",
+            "--max-trigger-age-ms",
+            "600",
+        ])
+        .arg("--model")
+        .arg(small_bundle())
+        .arg("--calibration")
+        .arg(small_calibration())
+        .arg("--source")
+        .arg(format!("dir:{}", source.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    // One warm-up trigger, so the burst meets a running pipeline (not a loading model).
+    stdin.write_all(b"warm\n").expect("write");
+    stdin.flush().expect("flush");
+    read_answer(&mut stdout);
+    let n = 120; // more than the old trigger queue (64) and the job queue together
+    let burst: String = (1..=n).map(|i| format!("b{i}\n")).collect();
+    stdin.write_all(burst.as_bytes()).expect("write burst");
+    drop(stdin);
+    let answers: Vec<Value> = (0..n).map(|_| read_answer(&mut stdout)).collect();
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let arrivals: Vec<i64> = answers
+        .iter()
+        .map(|a| epoch_ms(&a["trigger_time"]))
+        .collect();
+    let spread = arrivals.iter().max().unwrap_or(&0) - arrivals.iter().min().unwrap_or(&0);
+    assert!(
+        spread < 300,
+        "the burst arrived at once but was stamped over {spread} ms"
+    );
+    let (mut judged, mut overloaded) = (0, 0);
+    for (i, a) in answers.iter().enumerate() {
+        assert_eq!(a["id"], format!("b{}", i + 1), "{a}");
+        if a["verdict"] == "ERROR" {
+            let error = a["error"].as_str().unwrap_or("");
+            if error.contains("overloaded") {
+                overloaded += 1;
+                continue;
+            }
+            // The broken file of the replay folder: a bad frame (no frame time).
+            assert!(error.contains("bad frame"), "{a}");
+            continue;
+        } else {
+            judged += 1;
+        }
+        // Whatever frame was taken, it was taken within the limit plus one frame period.
+        let frame = epoch_ms(&a["frame_time"]) - epoch_ms(&a["trigger_time"]);
+        assert!(
+            (frame as f64) <= limit_ms + 200.0 + 50.0,
+            "frame taken {frame} ms after the trigger arrived: {a}"
+        );
+    }
+    assert!(judged >= 1, "{judged} judged, {overloaded} overloaded");
+    assert!(
+        overloaded >= n / 2,
+        "{judged} judged, {overloaded} overloaded"
+    );
 }

@@ -7,11 +7,13 @@ use std::time::Instant;
 
 use anyhow::bail;
 use clap::Args;
-use efficientad::batch::{Outcome as ImageOutcome, RunOptions, list_images, ms, run_files};
+use efficientad::batch::{Outcome as ImageOutcome, RunOptions, run_files};
 use efficientad::bundle::Bundle;
 use efficientad::calibration::{Calibration, MapPair, ValidationSet, compute};
 use efficientad::engine::{Engine, RawMaps};
+use efficientad::images::list_images;
 use efficientad::inspect::judge;
+use efficientad::ms;
 use efficientad::preprocess::{Preprocessor, decode_file};
 use efficientad::region::Region;
 use serde::Serialize;
@@ -131,7 +133,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<Outcome> {
             },
             |outcome| match outcome {
                 ImageOutcome::Maps(im) => {
-                    let judged = judge(&im, &calibration, &mut combined, None);
+                    let judged = judge(im.view(), im.part(), &calibration, &mut combined, None);
                     d += im.timings.decode_ms;
                     r += im.timings.resize_ms;
                     // The batch's run time is shared by its images.

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use efficientad::batch::calibrate::{ImageSet, Progress, calibrate_files};
 use efficientad::bundle::Bundle;
-use efficientad::calibration::{DEFAULT_FALSE_REJECT_RATE, ImageSet, Progress, calibrate_files};
+use efficientad::calibration::DEFAULT_FALSE_REJECT_RATE;
 use efficientad::engine::Engine;
 use efficientad::region::Region;
 use indicatif::{ProgressBar, ProgressStyle};

@@ -10,9 +10,9 @@ use efficientad::bundle::Bundle;
 use efficientad::calibration::Calibration;
 use efficientad::engine::{Engine, EngineOptions, Provider};
 use efficientad::inspect::{HeatmapSink, Verdict};
-use efficientad::pipeline::{Pipeline, PipelineOptions, TriggerMode};
+use efficientad::pipeline::{Mode, Pipeline, PipelineOptions};
+use efficientad::protocol::Trigger;
 use efficientad::source::dir::DirSource;
-use efficientad::trigger::Trigger;
 
 use super::Outcome;
 
@@ -50,12 +50,11 @@ pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
     })?;
     let calibration = Calibration::load_for(&root.join(DEFAULT_CALIBRATION), &bundle)?;
     let samples = root.join(SAMPLES);
-    let source = DirSource::open(&samples, 0.0, false).map_err(anyhow::Error::msg)?;
+    let source = DirSource::open(&samples, 0.0, false)?;
     let files: Vec<PathBuf> = source.files().to_vec();
     let heatmap_dir = std::env::temp_dir().join("efficientad-demo-heatmaps");
     let _ = std::fs::remove_dir_all(&heatmap_dir);
-    let heatmaps = HeatmapSink::new(&heatmap_dir, true)
-        .with_context(|| format!("cannot create {}", heatmap_dir.display()))?;
+    let heatmaps = HeatmapSink::new(&heatmap_dir, true)?;
     let options = EngineOptions {
         provider,
         ..EngineOptions::default()
@@ -74,13 +73,7 @@ pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
 
     // One generated trigger per sample, as a PLC sends them: the next part comes when the
     // previous one has been answered, so the latency is a part's, not a queue's.
-    let trigger = |i: usize| Trigger {
-        seq: i as u64 + 1,
-        id: format!("demo-{}", i + 1).into(),
-        received: std::time::Instant::now(),
-        received_at: std::time::SystemTime::now(),
-        invalid: None,
-    };
+    let trigger = |i: usize| Trigger::new(i as u64 + 1, format!("demo-{}", i + 1));
     let (tx, rx) = bounded(1);
     tx.send(trigger(0)).context("starting the demo")?;
     let mut tx = Some(tx);
@@ -100,8 +93,7 @@ pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
     let mut wrong = Vec::new();
     let stdout = std::io::stdout();
     let summary = pipeline.run(
-        TriggerMode::Stdin,
-        rx,
+        Mode::Triggered(rx),
         shutdown_rx,
         &mut stdout.lock(),
         &mut |answer| {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use efficientad::batch::test_split::{TestRun, run_test_split};
 use efficientad::bundle::Bundle;
 use efficientad::calibration::Calibration;
 use efficientad::dataset::test_set;
@@ -13,7 +14,6 @@ use efficientad::engine::Engine;
 use efficientad::evaluation::{EvalImage, EvalReport, GroupMetrics, report};
 use efficientad::inspect::HeatmapSink;
 use efficientad::metrics::{DEFAULT_BUDGET, DEFAULT_FPR_LIMIT};
-use efficientad::test_run::{TestRun, run_test_split};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{EngineArgs, Outcome};
@@ -49,13 +49,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<Outcome> {
     let bundle = Bundle::open(&args.engine.model)?;
     let calibration = Calibration::load_for(&args.calibration, &bundle)?;
     let items = test_set(&args.dataset)?;
-    let mut heatmaps = match &args.heatmaps {
-        Some(dir) => Some(
-            HeatmapSink::new(dir, true)
-                .with_context(|| format!("cannot create {}", dir.display()))?,
-        ),
-        None => None,
-    };
+    let mut heatmaps = HeatmapSink::optional(args.heatmaps.as_deref(), true)?;
     let mut engine = Engine::new(&bundle, &args.engine.engine_options())?;
     let bar = ProgressBar::new(items.len() as u64).with_style(
         ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} {per_sec} eta {eta}")

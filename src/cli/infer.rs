@@ -1,17 +1,17 @@
 //! `efficientad infer`: judge image files and folders, one JSON line per image on stdout.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use efficientad::batch::{
-    Outcome as ImageOutcome, RunOptions, Timings, list_images, ms, run_files,
-};
+use efficientad::batch::{Outcome as ImageOutcome, RunOptions, Timings, run_files};
 use efficientad::bundle::Bundle;
 use efficientad::calibration::Calibration;
 use efficientad::engine::Engine;
+use efficientad::images::list_images;
 use efficientad::inspect::{HeatmapSink, Verdict, judge};
+use efficientad::ms;
+use efficientad::protocol::JsonLines;
 use serde::Serialize;
 
 use super::{EngineArgs, Outcome};
@@ -69,30 +69,29 @@ pub fn run(args: InferArgs) -> anyhow::Result<Outcome> {
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-            efficientad::batch::IMAGE_EXTENSIONS.join(", ")
+            efficientad::images::IMAGE_EXTENSIONS.join(", ")
         );
     }
-    let mut heatmaps = match &args.heatmaps {
-        Some(dir) => Some(
-            HeatmapSink::new(dir, args.all_heatmaps)
-                .with_context(|| format!("cannot create heatmap folder {}", dir.display()))?,
-        ),
-        None => None,
-    };
+    let mut heatmaps = HeatmapSink::optional(args.heatmaps.as_deref(), args.all_heatmaps)?;
     let mut engine = Engine::new(&bundle, &args.engine.engine_options())?;
     let options = RunOptions {
         batch: usize::from(args.engine.batch),
         keep_images: heatmaps.is_some(),
     };
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut lines = JsonLines::new(stdout.lock());
     let mut errors = 0usize;
-    let mut write_failed = None;
     let mut combined = Vec::new();
     run_files(&mut engine, &files, options, |outcome| {
         let line = match outcome {
             ImageOutcome::Maps(maps) => {
-                let judged = judge(&maps, &calibration, &mut combined, heatmaps.as_mut());
+                let judged = judge(
+                    maps.view(),
+                    maps.part(),
+                    &calibration,
+                    &mut combined,
+                    heatmaps.as_mut(),
+                );
                 if let Some(e) = &judged.heatmap_error {
                     eprintln!("efficientad: {e}");
                 }
@@ -130,19 +129,9 @@ pub fn run(args: InferArgs) -> anyhow::Result<Outcome> {
                 }
             }
         };
-        if write_failed.is_none() {
-            let written = serde_json::to_writer(&mut out, &line)
-                .map_err(std::io::Error::from)
-                .and_then(|()| out.write_all(b"\n"))
-                .and_then(|()| out.flush());
-            if let Err(e) = written {
-                write_failed = Some(e);
-            }
-        }
+        lines.write(&line);
     });
-    if let Some(e) = write_failed {
-        return Err(anyhow::Error::new(e).context("writing results to stdout"));
-    }
+    lines.finish().context("writing results to stdout")?;
     if errors > 0 {
         eprintln!(
             "efficientad: {errors} of {} images could not be judged (ERROR lines)",

@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use crossbeam_channel::bounded;
+use crossbeam_channel::{Receiver, bounded, unbounded};
 use efficientad::bundle::Bundle;
 use efficientad::calibration::Calibration;
 use efficientad::engine::Engine;
-use efficientad::inspect::HeatmapSink;
-use efficientad::pipeline::{Pipeline, PipelineOptions, TriggerMode};
-use efficientad::source::{CameraOptions, SourceSpec};
-use efficientad::trigger::read_triggers;
+use efficientad::inspect::{HeatmapSink, Verdict};
+use efficientad::pipeline::{
+    DEFAULT_MAX_TRIGGER_AGE, Mode, Pipeline, PipelineOptions, TriggerMode,
+};
+use efficientad::protocol::{Answer, JsonLines, Latency, Trigger, read_triggers, rfc3339};
+use efficientad::source::{CameraOptions, GigeSettings, GigeTrigger, SourceSpec, UsbSettings};
 
 use super::{EngineArgs, Outcome};
 
@@ -46,10 +48,15 @@ pub struct RunArgs {
     /// Longest wait for a frame after a trigger, milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 2000)]
     pub frame_timeout_ms: u64,
+    /// Longest a trigger may wait (behind earlier ones) before its frame is taken,
+    /// milliseconds; an older trigger is answered ERROR "overloaded" instead of being judged
+    /// on a later part. Set it to how long a part stays in view; 0 = no limit.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_MAX_TRIGGER_AGE.as_millis() as u64)]
+    pub max_trigger_age_ms: u64,
     /// GigE trigger: software (each stdin trigger fires one exposure), free (camera streams),
     /// or the camera input line that fires exposures, e.g. Line1.
     #[arg(long, value_name = "MODE", default_value = "software")]
-    pub gige_trigger: String,
+    pub gige_trigger: GigeTrigger,
     /// How GigE frames are received: auto (aravis's packet socket when the process may open
     /// one, i.e. runs as root or with CAP_NET_RAW, else a UDP socket) or socket (always the UDP
     /// socket: needed under qemu, which cannot emulate the packet socket's ring buffer).
@@ -89,28 +96,33 @@ fn parse_resolution(text: &str) -> Result<(u32, u32), String> {
 
 impl RunArgs {
     fn camera_options(&self) -> CameraOptions {
-        #[allow(clippy::needless_update)]
         CameraOptions {
-            #[cfg(feature = "gige")]
-            gige: efficientad::source::gige::GigeSettings {
+            gige: GigeSettings {
                 pixel_format: self.gige_pixel_format.clone(),
                 udp_socket_only: self.gige_stream == "socket",
                 exposure_us: self.exposure_us,
                 gain: self.gain,
                 frame_rate: self.camera_fps,
                 trigger: if self.trigger == TriggerMode::Free {
-                    "free".into()
+                    GigeTrigger::Free
                 } else {
                     self.gige_trigger.clone()
                 },
             },
-            #[cfg(feature = "usb")]
-            usb: efficientad::source::usb::UsbSettings {
+            usb: UsbSettings {
                 format: self.usb_format.clone(),
                 resolution: self.usb_resolution,
                 fps: self.camera_fps.map(|f| f.round() as u32),
             },
-            ..CameraOptions::default()
+        }
+    }
+
+    fn pipeline_options(&self) -> PipelineOptions {
+        PipelineOptions {
+            frame_timeout: Duration::from_millis(self.frame_timeout_ms),
+            max_trigger_age: (self.max_trigger_age_ms > 0)
+                .then(|| Duration::from_millis(self.max_trigger_age_ms)),
+            ..PipelineOptions::default()
         }
     }
 }
@@ -126,18 +138,49 @@ pub fn shutdown_channel() -> crossbeam_channel::Receiver<()> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+    // Signals and triggers are taken from the first moment, so a stop or a trigger that comes
+    // while the model loads is still answered (README: exit status). The reader never blocks
+    // on the pipeline (unbounded channel), so each trigger is stamped when it arrives.
+    let shutdown = shutdown_channel();
+    let mode = match args.trigger {
+        TriggerMode::Stdin => {
+            let (tx, rx) = unbounded();
+            std::thread::spawn(move || {
+                read_triggers(BufReader::new(std::io::stdin()), |t| tx.send(t).is_ok());
+            });
+            Mode::Triggered(rx)
+        }
+        TriggerMode::Free => Mode::FreeRun,
+    };
+    eprintln!("efficientad: loading {}", args.engine.model.display());
+    let pipeline = match setup(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            if let Mode::Triggered(triggers) = &mode {
+                answer_unstarted(triggers, &e);
+            }
+            return Err(e);
+        }
+    };
+    let stdout = std::io::stdout();
+    let summary = pipeline
+        .run(mode, shutdown, &mut stdout.lock(), &mut |_| {})
+        .context("writing answers to stdout")?;
+    eprintln!("efficientad: {}", summary.line());
+    // A line session that ends on EOF or a signal ends normally (exit 0) even when some
+    // triggers were answered ERROR: those answers and the summary carry the errors, and a
+    // service manager must not take a clean stop for a failure (README: exit status).
+    Ok(Outcome::Success)
+}
+
+/// Model, calibration, source and a warmed-up engine.
+fn setup(args: &RunArgs) -> anyhow::Result<Pipeline> {
     let bundle = Bundle::open(&args.engine.model)?;
     let calibration = Calibration::load_for(&args.calibration, &bundle)?;
     let spec = SourceSpec::parse(&args.source, args.fps, !args.once)?;
     let source = spec.open_with(&args.camera_options())?;
     eprintln!("efficientad: source {}", source.describe());
-    let heatmaps = match &args.heatmaps {
-        Some(dir) => Some(
-            HeatmapSink::new(dir, args.all_heatmaps)
-                .with_context(|| format!("cannot create {}", dir.display()))?,
-        ),
-        None => None,
-    };
+    let heatmaps = HeatmapSink::optional(args.heatmaps.as_deref(), args.all_heatmaps)?;
     let mut engine = Engine::new(&bundle, &args.engine.engine_options())?;
     // Warm-up: the first session run allocates and (TensorRT) builds; not on a real trigger.
     let size = engine.input_size();
@@ -147,42 +190,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         bundle.info.name,
         engine.provider()
     );
-
-    let (trigger_tx, trigger_rx) = bounded(64);
-    if args.trigger == TriggerMode::Stdin {
-        std::thread::spawn(move || {
-            read_triggers(BufReader::new(std::io::stdin()), |t| {
-                trigger_tx.send(t).is_ok()
-            });
-        });
-    } else {
-        // Free-run ignores stdin; keep the sender alive so the channel never closes.
-        std::mem::forget(trigger_tx);
-    }
-    let shutdown = shutdown_channel();
-    let pipeline = Pipeline {
+    Ok(Pipeline {
         source,
         engine,
         calibration,
         heatmaps,
-        options: PipelineOptions {
-            frame_timeout: Duration::from_millis(args.frame_timeout_ms),
-            ..PipelineOptions::default()
-        },
-    };
+        options: args.pipeline_options(),
+    })
+}
+
+/// The run could not start: every trigger that has already arrived still gets its one
+/// answer, ERROR with the reason, before the setup error ends the process (exit 2).
+fn answer_unstarted(triggers: &Receiver<Trigger>, error: &anyhow::Error) {
     let stdout = std::io::stdout();
-    let summary = pipeline
-        .run(
-            args.trigger,
-            trigger_rx,
-            shutdown,
-            &mut stdout.lock(),
-            &mut |_| {},
-        )
-        .context("writing answers to stdout")?;
-    eprintln!("efficientad: {}", summary.line());
-    // A line session that ends on EOF or a signal ends normally (exit 0) even when some
-    // triggers were answered ERROR: those answers and the summary carry the errors, and a
-    // service manager must not take a clean stop for a failure (README: exit status).
-    Ok(Outcome::Success)
+    let mut lines = JsonLines::new(stdout.lock());
+    for trigger in triggers.try_iter() {
+        lines.write(&Answer {
+            id: trigger.id,
+            seq: trigger.seq,
+            verdict: Verdict::Error,
+            score: None,
+            threshold: f64::NAN,
+            trigger_time: Some(rfc3339(trigger.received_at)),
+            frame_time: None,
+            frame: None,
+            latency_ms: Latency::default(),
+            heatmap: None,
+            error: Some(format!("the runtime could not start: {error:#}")),
+        });
+    }
+    let _ = lines.finish();
 }

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{Frame, FrameSource, SourceError};
-use crate::batch::list_images;
+use super::{Frame, FrameSource, OpenError, SourceError};
+use crate::images::{image_folder, list_images};
 use crate::preprocess::{decode_file, to_rgb8};
 
 pub struct DirSource {
@@ -22,14 +22,8 @@ pub struct DirSource {
 
 impl DirSource {
     /// `fps` ≤ 0 means as fast as frames are asked for.
-    pub fn open(folder: &Path, fps: f64, looping: bool) -> Result<Self, String> {
-        if !folder.is_dir() {
-            return Err(format!("dir source {} is not a folder", folder.display()));
-        }
-        let files = list_images(&[folder.to_owned()]).map_err(|e| e.to_string())?;
-        if files.is_empty() {
-            return Err(format!("dir source {} holds no images", folder.display()));
-        }
+    pub fn open(folder: &Path, fps: f64, looping: bool) -> Result<Self, OpenError> {
+        let files = image_folder(folder)?;
         Ok(Self {
             folder: folder.to_owned(),
             files,

@@ -13,20 +13,7 @@ use aravis::prelude::*;
 use aravis::{AcquisitionMode, Aravis, Buffer, BufferStatus, Camera, PixelFormat, Stream};
 
 use super::convert::{Bayer, bayer8, mono8, rgb8};
-use super::{Frame, FrameSource, SourceError};
-
-/// Camera settings applied at open (None = leave as the camera has it).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct GigeSettings {
-    pub pixel_format: Option<String>,
-    /// Receive frames on a plain UDP socket, never on aravis's packet socket.
-    pub udp_socket_only: bool,
-    pub exposure_us: Option<f64>,
-    pub gain: Option<f64>,
-    pub frame_rate: Option<f64>,
-    /// `software` (default), `free`, or a trigger source such as `Line1`.
-    pub trigger: String,
-}
+use super::{Frame, FrameSource, GigeSettings, GigeTrigger, OpenError, SourceError};
 
 /// Buffers handed to the stream.
 const BUFFERS: usize = 4;
@@ -123,12 +110,12 @@ fn open_camera(
     camera
         .set_acquisition_mode(AcquisitionMode::Continuous)
         .map_err(err)?;
-    match settings.trigger.as_str() {
-        "free" => camera.clear_triggers().map_err(err)?,
-        "software" | "" => camera
+    match &settings.trigger {
+        GigeTrigger::Free => camera.clear_triggers().map_err(err)?,
+        GigeTrigger::Software => camera
             .set_trigger("Software")
             .map_err(|e| format!("software trigger: {e}"))?,
-        line => camera
+        GigeTrigger::Line(line) => camera
             .set_trigger(line)
             .map_err(|e| format!("trigger source {line}: {e}"))?,
     }
@@ -167,9 +154,10 @@ fn open_camera(
 
 impl GigeSource {
     /// `id` is a device id, or `first`.
-    pub fn open(id: &str, settings: GigeSettings) -> Result<Self, String> {
+    pub fn open(id: &str, settings: GigeSettings) -> Result<Self, OpenError> {
         let id = (id != "first").then(|| id.to_string());
-        let (camera, stream, name) = open_camera(id.as_deref(), &settings)?;
+        let (camera, stream, name) =
+            open_camera(id.as_deref(), &settings).map_err(OpenError::Camera)?;
         Ok(Self {
             id,
             settings,
@@ -218,7 +206,7 @@ impl FrameSource for GigeSource {
         }
         let started = Instant::now();
         let deadline = started + timeout;
-        let software = self.settings.trigger.is_empty() || self.settings.trigger == "software";
+        let software = self.settings.trigger == GigeTrigger::Software;
         let mut exposures = 0;
         let (buffer, result) = loop {
             if software {

@@ -18,16 +18,7 @@ use nokhwa::utils::{
 };
 use nokhwa::{Camera, NokhwaError};
 
-use super::{Frame, FrameSource, SourceError};
-
-/// Requested capture format (None = the camera's fastest).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct UsbSettings {
-    /// `mjpeg` or `yuyv`.
-    pub format: Option<String>,
-    pub resolution: Option<(u32, u32)>,
-    pub fps: Option<u32>,
-}
+use super::{Frame, FrameSource, OpenError, SourceError, UsbSettings};
 
 /// Cameras V4L2 reports now.
 pub fn list() -> Vec<String> {
@@ -105,7 +96,11 @@ fn open_camera(index: &CameraIndex, settings: &UsbSettings) -> Result<(Camera, S
 
 impl UsbSource {
     /// `spec` is a device index (`0`) or a part of the camera's name.
-    pub fn open(spec: &str, settings: UsbSettings) -> Result<Self, String> {
+    pub fn open(spec: &str, settings: UsbSettings) -> Result<Self, OpenError> {
+        Self::start(spec, settings).map_err(OpenError::Camera)
+    }
+
+    fn start(spec: &str, settings: UsbSettings) -> Result<Self, String> {
         let cameras = nokhwa::query(ApiBackend::Video4Linux)
             .map_err(|e| format!("V4L2 query failed: {e}"))?;
         if cameras.is_empty() {

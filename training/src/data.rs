@@ -6,18 +6,16 @@
 
 use std::path::{Path, PathBuf};
 
-use efficientad::batch::list_images;
+use efficientad::images::{FolderError, image_folder};
 use efficientad::preprocess::{Preprocessor, decode_file};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{0} does not exist or is not a folder")]
-    MissingFolder(PathBuf),
+    #[error(transparent)]
+    Folder(#[from] FolderError),
     #[error("{path} holds no readable images ({skipped} files could not be read)")]
     Empty { path: PathBuf, skipped: usize },
-    #[error("cannot list {path}: {reason}")]
-    List { path: PathBuf, reason: String },
     #[error(
         "{path} has only {count} training images; holding out 10% for validation needs at least 10 (or give the dataset a validation/good folder)"
     )]
@@ -120,20 +118,7 @@ fn centre_crop(px: &[u8], size: usize, crop: usize) -> Vec<u8> {
 
 /// Image files of a folder; an error if it is missing or empty.
 pub fn folder_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    if !dir.is_dir() {
-        return Err(DataError::MissingFolder(dir.to_owned()));
-    }
-    let files = list_images(&[dir.to_owned()]).map_err(|e| DataError::List {
-        path: dir.to_owned(),
-        reason: e.to_string(),
-    })?;
-    if files.is_empty() {
-        return Err(DataError::Empty {
-            path: dir.to_owned(),
-            skipped: 0,
-        });
-    }
-    Ok(files)
+    Ok(image_folder(dir)?)
 }
 
 /// Training and validation files of an MVTec-layout dataset: `train/good`, and

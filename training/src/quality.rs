@@ -7,13 +7,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use efficientad::batch::calibrate::{ImageSet, calibrate_files};
+use efficientad::batch::test_split::run_test_split;
 use efficientad::bundle::Bundle;
-use efficientad::calibration::{DEFAULT_FALSE_REJECT_RATE, ImageSet, calibrate_files};
+use efficientad::calibration::DEFAULT_FALSE_REJECT_RATE;
 use efficientad::dataset::{TestImage, test_set};
 use efficientad::engine::{Engine, EngineOptions, Provider};
 use efficientad::evaluation::report;
 use efficientad::metrics::{DEFAULT_BUDGET, DEFAULT_FPR_LIMIT};
-use efficientad::test_run::run_test_split;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::CheckpointInfo;

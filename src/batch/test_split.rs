@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::batch::{Outcome as ImageOutcome, RunOptions, run_files};
+use super::{Outcome as ImageOutcome, RunOptions, run_files};
 use crate::calibration::Calibration;
 use crate::dataset::TestImage;
 use crate::engine::Engine;
@@ -92,7 +92,13 @@ pub fn run_test_split(
         progress();
         match outcome {
             ImageOutcome::Maps(maps) => {
-                let judged = judge(&maps, calibration, &mut combined, heatmaps.as_deref_mut());
+                let judged = judge(
+                    maps.view(),
+                    maps.part(),
+                    calibration,
+                    &mut combined,
+                    heatmaps.as_deref_mut(),
+                );
                 let (w, h) = (maps.width as usize, maps.height as usize);
                 match load_mask(item, w, h) {
                     Ok(mask) => images.push(EvalImage {

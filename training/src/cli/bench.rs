@@ -1,9 +1,94 @@
-//! `efficientad-train bench`: Burn's `fit` and distillation steps against PyTorch's on this
-//! machine, side by side; a table, or one JSON line with `--json`.
+//! `efficientad-train bench`: the real `fit` step (all four losses, Adam, batch 1, 256²) and
+//! the real distillation step (backbone targets included) timed on real images, against
+//! PyTorch's same steps in the same invocation when python3 can import torch; a table, or one
+//! JSON line with `--json`.
 
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::Args;
+use efficientad_training::backend::Backend;
 use efficientad_training::bench::{
     BenchConfig, Reference, Timing, bench_distill, bench_fit, run_reference, torch_available,
 };
+use efficientad_training::model::Variant;
+
+use super::parse_variant;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long, value_parser = parse_variant, default_value = "s")]
+    pub variant: Variant,
+    /// Timed steps of each kind (after one warm-up step); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Print one JSON line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// MVTec-layout dataset whose train/good images feed the fit step.
+    #[arg(long, default_value = "../shared/data/mtd")]
+    pub dataset: PathBuf,
+    /// Natural images: the penalty images of fit and the distillation images.
+    #[arg(long, default_value = "../shared/data/imagenet-sample")]
+    pub images: PathBuf,
+    /// Distillation backbone (ONNX).
+    #[arg(
+        long,
+        default_value = "../shared/weights/efficientnet_lite0_features.onnx"
+    )]
+    pub backbone: PathBuf,
+    /// Images per distillation step.
+    #[arg(long, default_value_t = 8)]
+    pub distill_batch: usize,
+    /// Skip the PyTorch comparison.
+    #[arg(long)]
+    pub no_torch: bool,
+    /// Folder of the PyTorch scripts torch_step.py and torch_distill.py.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/bench"))]
+    pub scripts: PathBuf,
+    /// Compute device: cpu, or wgpu (a GPU; needs a build with --features wgpu).
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub device: Backend,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let BenchArgs {
+        variant,
+        steps,
+        json,
+        dataset,
+        images,
+        backbone,
+        distill_batch,
+        no_torch,
+        scripts,
+        device: backend,
+    } = args;
+    if steps == 0 || distill_batch == 0 {
+        bail!("--steps and --distill-batch must be at least 1");
+    }
+    for (path, what) in [(&dataset, "--dataset"), (&images, "--images")] {
+        if !path.is_dir() {
+            bail!("{what} {} is not a folder", path.display());
+        }
+    }
+    if !backbone.is_file() {
+        bail!("--backbone {} is not a file", backbone.display());
+    }
+    let config = BenchConfig {
+        variant,
+        steps,
+        dataset,
+        natural_images: images,
+        backbone,
+        distill_batch,
+        backend,
+        torch: !no_torch,
+        scripts,
+    };
+    report(&config, json)?;
+    Ok(())
+}
 
 /// Peak resident memory of this process so far (VmHWM), in MiB.
 fn peak_rss_mib() -> Option<f64> {
@@ -43,7 +128,8 @@ fn line(name: &str, burn: &Timing, reference: &Reference) -> String {
     }
 }
 
-pub fn run(config: &BenchConfig, json: bool) -> anyhow::Result<()> {
+/// Runs the benchmark and prints the table (or one JSON line).
+fn report(config: &BenchConfig, json: bool) -> anyhow::Result<()> {
     let say = |m: &str| eprintln!("efficientad-train bench: {m}");
     let torch = if config.torch {
         torch_available()

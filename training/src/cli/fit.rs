@@ -1,15 +1,125 @@
-//! `efficientad-train fit`: train, export the bundle, calibrate it — with progress on stderr.
+//! `efficientad-train fit`: train student and autoencoder on the good images of an
+//! MVTec-layout dataset, export the bundle to --out and calibrate it on validation/good (or
+//! 10% of train held out) — with progress on stderr.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+use clap::Args;
+use efficientad::batch::calibrate::{ImageSet, Progress, calibrate_files};
 use efficientad::bundle::Bundle;
-use efficientad::calibration::{DEFAULT_FALSE_REJECT_RATE, ImageSet, Progress, calibrate_files};
+use efficientad::calibration::DEFAULT_FALSE_REJECT_RATE;
 use efficientad::engine::{Engine, EngineOptions, Provider};
+use efficientad_training::backend::Backend;
+use efficientad_training::checkpoint;
 use efficientad_training::export::export_bundle;
+use efficientad_training::model::Variant;
 use efficientad_training::quality::{QualityCheck, log_quality};
 use efficientad_training::train::{Event, FitConfig, stop_flag, train};
 use indicatif::{ProgressBar, ProgressStyle};
+
+use super::parse_variant;
+
+#[derive(Args)]
+pub struct FitArgs {
+    /// Dataset folder: train/good (and validation/good) inside.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Teacher checkpoint (from import-teacher or distill-teacher).
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// Natural images for the penalty loss (e.g. ImageNet samples).
+    #[arg(long)]
+    pub penalty_images: PathBuf,
+    /// PDN size; must match the teacher.
+    #[arg(long, value_parser = parse_variant, default_value = "s")]
+    pub variant: Variant,
+    /// Training steps (the paper: 70000).
+    #[arg(long, default_value_t = 70_000)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Bundle folder to write, e.g. onnx/my-part.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Working folder for checkpoints and the loss log (default runs/<name>).
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    /// Calibration file to write (default calibration/<name>.json).
+    #[arg(long)]
+    pub calibration_out: Option<PathBuf>,
+    /// Save a checkpoint every N steps (and always on Ctrl-C and at the end).
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_every: usize,
+    /// Continue the run from its last checkpoint in --work.
+    #[arg(long)]
+    pub resume: bool,
+    /// Every N steps, export the model, calibrate it on the validation images and evaluate
+    /// it on the dataset's test split (image AUROC, pixel AUROC, AU-PRO into the run's
+    /// log.jsonl; draw them with `efficientad-train plot`). 0: never.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub eval_every: usize,
+    /// Use at most N penalty images (quick runs).
+    #[arg(long, hide = true)]
+    pub penalty_limit: Option<usize>,
+    /// Use at most N training images (quick runs).
+    #[arg(long, hide = true)]
+    pub train_limit: Option<usize>,
+    /// Compute device: cpu, or wgpu (a GPU; needs a build with --features wgpu).
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub device: Backend,
+}
+
+pub fn run(args: FitArgs) -> anyhow::Result<()> {
+    let FitArgs {
+        dataset,
+        teacher,
+        penalty_images,
+        variant,
+        steps,
+        seed,
+        out,
+        work,
+        calibration_out,
+        checkpoint_every,
+        resume,
+        eval_every,
+        penalty_limit,
+        train_limit,
+        device: backend,
+    } = args;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .context("--out must name a bundle folder, e.g. onnx/my-part")?;
+    let teacher_info = checkpoint::read_info(&teacher)?;
+    if teacher_info.variant != variant {
+        bail!(
+            "{} is a PDN-{} teacher, but --variant {variant} was given; train with --variant {} or use a PDN-{variant} teacher",
+            teacher.display(),
+            teacher_info.variant,
+            teacher_info.variant
+        );
+    }
+    let config = FitConfig {
+        dataset,
+        teacher,
+        penalty_images,
+        steps,
+        seed,
+        work: work.unwrap_or_else(|| PathBuf::from("runs").join(&name)),
+        out,
+        checkpoint_every,
+        penalty_limit,
+        train_limit,
+        backend,
+        eval_every,
+    };
+    let calibration_out = calibration_out
+        .unwrap_or_else(|| PathBuf::from("calibration").join(format!("{name}.json")));
+    train_export_calibrate(&config, resume, &calibration_out)?;
+    Ok(())
+}
 
 fn bar(len: u64, template: &str) -> ProgressBar {
     ProgressBar::new(len).with_style(
@@ -19,7 +129,12 @@ fn bar(len: u64, template: &str) -> ProgressBar {
     )
 }
 
-pub fn run(config: &FitConfig, resume: bool, calibration_out: &Path) -> anyhow::Result<()> {
+/// Trains, exports the bundle and calibrates it, with progress on stderr.
+fn train_export_calibrate(
+    config: &FitConfig,
+    resume: bool,
+    calibration_out: &Path,
+) -> anyhow::Result<()> {
     let stop = stop_flag();
     let loading = bar(0, "{msg} [{bar:30}] {pos}/{len} eta {eta}");
     let steps = bar(

@@ -1,0 +1,8 @@
+//! The PLC bridge protocol (DESIGN.md), in one place: trigger lines in ([`trigger`]), answer
+//! lines out ([`answer`]), and the one JSON-lines writer every command prints results with.
+
+pub mod answer;
+pub mod trigger;
+
+pub use answer::{Answer, FrameInfo, JsonLines, Latency, rfc3339};
+pub use trigger::{MAX_LINE, Trigger, TriggerId, parse_line, read_triggers};

@@ -1,0 +1,139 @@
+//! `efficientad-train distill-teacher`: a PDN teacher distilled from an ONNX backbone (input
+//! `image` [N,3,H,W] in [0,1]; a finer and a coarser feature output) on natural images, with
+//! a progress bar (or a line every 30 s without a terminal) and optional snapshots.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use clap::Args;
+use efficientad_training::backend::Backend;
+use efficientad_training::checkpoint;
+use efficientad_training::distill::{DistillConfig, Event as DistillEvent, distill};
+use efficientad_training::model::Variant;
+
+use super::parse_variant;
+
+#[derive(Args)]
+pub struct DistillArgs {
+    /// The backbone ONNX file, e.g. efficientnet_lite0_features.onnx.
+    #[arg(long)]
+    pub backbone: PathBuf,
+    /// Folder of natural images (e.g. ImageNet samples).
+    #[arg(long)]
+    pub images: PathBuf,
+    #[arg(long, value_parser = parse_variant, default_value = "s")]
+    pub variant: Variant,
+    /// Optimizer steps (the paper: 60000).
+    #[arg(long, default_value_t = 60_000)]
+    pub steps: usize,
+    /// Images per step (the paper: 16).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images used for the target mean and std (a random sample, drawn with --seed).
+    #[arg(long, default_value_t = 200)]
+    pub stats_images: usize,
+    /// Also save the teacher every N steps, next to --out as NAME.stepN.bpk (teachers of
+    /// several distillation budgets from one run).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: usize,
+    /// Compute device: cpu, or wgpu (a GPU; needs a build with --features wgpu).
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub device: Backend,
+    /// Teacher checkpoint to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(args: DistillArgs) -> anyhow::Result<()> {
+    let DistillArgs {
+        backbone,
+        images,
+        variant,
+        steps,
+        batch,
+        seed,
+        stats_images,
+        save_every,
+        device: backend,
+        out,
+    } = args;
+    if batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let config = DistillConfig {
+        backbone,
+        images,
+        variant,
+        steps,
+        batch,
+        seed,
+        stats_images,
+        backend,
+        save_every,
+    };
+    let stop = efficientad_training::train::stop_flag();
+    let bar = indicatif::ProgressBar::new(steps as u64).with_style(
+        indicatif::ProgressStyle::with_template("distill [{bar:30}] {pos}/{len} {msg} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let plain = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_line = std::time::Instant::now();
+    let (teacher, info) = distill(&config, stop, &mut |event| match event {
+        DistillEvent::Stats { done, total } => {
+            bar.set_message(format!("target statistics {done}/{total}"))
+        }
+        DistillEvent::Step {
+            step,
+            loss,
+            images_per_second,
+        } => {
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {loss:.4} {images_per_second:.2} img/s"));
+            if plain && (last_line.elapsed().as_secs() >= 30 || step == 1) {
+                last_line = std::time::Instant::now();
+                eprintln!(
+                    "efficientad-train: distill step {step}/{steps} loss {loss:.4} {images_per_second:.2} img/s"
+                );
+            }
+        }
+        DistillEvent::Message(m) => bar.suspend(|| eprintln!("efficientad-train: {m}")),
+        DistillEvent::Snapshot {
+            step,
+            teacher,
+            info,
+        } => {
+            let path = snapshot_path(&out, step);
+            let saved = checkpoint::save_teacher(teacher, info, &path);
+            bar.suspend(|| match saved {
+                Ok(()) => eprintln!(
+                    "efficientad-train: saved the teacher after {step} steps to {}",
+                    path.display()
+                ),
+                // A snapshot is extra; the run goes on to its final teacher.
+                Err(e) => eprintln!(
+                    "efficientad-train: warning: could not save {}: {e}",
+                    path.display()
+                ),
+            });
+        }
+    })?;
+    bar.finish_and_clear();
+    checkpoint::save_teacher(&teacher, &info, &out)?;
+    eprintln!(
+        "efficientad-train: wrote distilled PDN-{variant} teacher to {}",
+        out.display()
+    );
+    Ok(())
+}
+
+/// `runs/t/teacher.bpk` → `runs/t/teacher.step150.bpk`.
+fn snapshot_path(out: &Path, step: usize) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "teacher".into());
+    out.with_file_name(format!("{stem}.step{step}.bpk"))
+}
