@@ -30,6 +30,12 @@ pub enum PreprocessError {
         width: u32,
         height: u32,
     },
+    #[error("frame of {width}x{height} pixels with {bytes} bytes of RGB: nothing to judge")]
+    BadPixels {
+        width: u32,
+        height: u32,
+        bytes: usize,
+    },
     #[error("resizing failed: {0}")]
     Resize(String),
 }
@@ -123,6 +129,15 @@ impl Preprocessor {
         height: u32,
         out: &mut [u8],
     ) -> Result<(), PreprocessError> {
+        // A camera can hand over an empty or short buffer; fast_image_resize would turn an
+        // empty one into an all-black input, which would then get a verdict.
+        if width == 0 || height == 0 || rgb.len() != width as usize * height as usize * 3 {
+            return Err(PreprocessError::BadPixels {
+                width,
+                height,
+                bytes: rgb.len(),
+            });
+        }
         let err = |e: &dyn std::fmt::Display| PreprocessError::Resize(e.to_string());
         let src = ImageRef::new(width, height, rgb, PixelType::U8x3).map_err(|e| err(&e))?;
         let mut dst = Image::from_slice_u8(self.size, self.size, out, PixelType::U8x3)
@@ -180,6 +195,19 @@ mod tests {
         let rgba = image::RgbaImage::from_pixel(2, 2, image::Rgba([10, 20, 30, 0]));
         let rgb = to_rgb8(DynamicImage::ImageRgba8(rgba));
         assert_eq!(rgb.get_pixel(1, 1).0, [10, 20, 30]);
+    }
+
+    #[test]
+    fn empty_and_short_frames_are_refused_not_judged() {
+        let mut p = Preprocessor::new(8);
+        let mut out = vec![0u8; 8 * 8 * 3];
+        for (w, h, len) in [(0, 0, 0), (0, 5, 0), (4, 4, 47), (4, 4, 0)] {
+            let e = p
+                .resize_rgb(&vec![9; len], w, h, &mut out)
+                .expect_err("refused");
+            assert!(e.to_string().contains("nothing to judge"), "{e}");
+        }
+        assert!(p.resize_rgb(&[9; 48], 4, 4, &mut out).is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod convert;
 pub mod dir;
+pub mod faults;
 #[cfg(feature = "gige")]
 pub mod gige;
 mod settings;

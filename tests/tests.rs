@@ -205,6 +205,29 @@ fn infer_scores_and_heatmaps_match_a_reference_issue3() {
             .map(|(a, b)| (f64::from(*a) - b).abs())
             .fold(0.0, f64::max);
         assert!(max_err < 1e-5, "full-size map differs by {max_err}");
+        // Every pixel of the overlay: the image blended half and half with the jet colour of
+        // map / (2·threshold), written out here from the colormap's definition.
+        let original = image::open(file).expect("image").to_rgb8();
+        let overlay = image::open(&png).expect("heatmap png").to_rgb8();
+        let jet = |t: f64| -> [f64; 3] {
+            let t = t.clamp(0.0, 1.0);
+            [3.0, 2.0, 1.0]
+                .map(|c: f64| ((1.5 - (4.0 * t - c).abs()).clamp(0.0, 1.0) * 255.0).round())
+        };
+        let mut worst = 0.0f64;
+        for ((got, image), &v) in overlay.pixels().zip(original.pixels()).zip(&reference) {
+            let colour = jet(v * 0.5 / threshold);
+            for ((&g, &i), c) in got.0.iter().zip(&image.0).zip(colour) {
+                let want = (f64::from(i) * 0.5 + c * 0.5).round();
+                worst = worst.max((f64::from(g) - want).abs());
+            }
+        }
+        // ±1: rounding of f32 against f64 at the half-way points.
+        assert!(
+            worst <= 1.0,
+            "{}: overlay pixel off by {worst}",
+            png.display()
+        );
         let t = &line["timings_ms"];
         for key in [
             "decode_ms",
@@ -703,6 +726,22 @@ fn eval_refuses_a_mask_of_the_wrong_size_issue6() {
     assert!(output.status.success(), "{}", text(&output.stderr));
     let report: Value = serde_json::from_slice(&output.stdout).expect("json");
     assert_eq!(report["overall"]["regions"], 2);
+
+    // One undecodable test image: the others are still evaluated, the file is named, exit 1.
+    std::fs::write(dataset.join("test/good/zz_broken.jpg"), b"not a jpeg").expect("write");
+    let output = run(efficientad()
+        .args(["eval", "--provider", "cpu", "--json", "--model"])
+        .arg(bundle)
+        .arg("--calibration")
+        .arg(&cal_path)
+        .arg("--dataset")
+        .arg(&dataset));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("zz_broken.jpg"), "{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(report["failed_images"], 1, "{report}");
+    assert_eq!(report["overall"]["images"], 4, "{report}");
 }
 
 // ---- the line: run pipeline, triggers, soak (issue 5) ----
@@ -939,20 +978,22 @@ fn sigint_answers_pending_triggers_and_exits_zero_issue5() {
     drop(stdin);
 }
 
-#[test]
-fn soak_small_many_triggers_no_loss_flat_memory_issue5() {
-    // Parts at the model's input size (the cross-architecture fixture's two 256x256 MTD
-    // crops): the soak is about the pipeline, not JPEG decoding, and stays quick under qemu.
-    let source = temp_dir("soak");
-    for name in ["good.png", "break.png"] {
+/// `soak` on the small model over the two 256x256 fixture parts (the soak is about the
+/// pipeline, not JPEG decoding, and stays quick under qemu): succeeds, and its outside check
+/// found every answer, in order, with its own id, nothing extra, and `run` ended with 0.
+fn soak(name: &str, args: &[&str]) -> Value {
+    let source = temp_dir(name);
+    for part in ["good.png", "break.png"] {
         std::fs::copy(
-            root().join("tests/fixtures/arch").join(name),
-            source.join(name),
+            root().join("tests/fixtures/arch").join(part),
+            source.join(part),
         )
         .expect("copy part");
     }
     let output = run(efficientad()
-        .args(["soak", "--provider", "cpu", "--triggers", "300", "--model"])
+        .args(["soak", "--provider", "cpu"])
+        .args(args)
+        .arg("--model")
         .arg(small_bundle())
         .arg("--calibration")
         .arg(small_calibration())
@@ -965,11 +1006,73 @@ fn soak_small_many_triggers_no_loss_flat_memory_issue5() {
         text(&output.stderr)
     );
     let report: Value = serde_json::from_slice(&output.stdout).expect("json");
+    for field in ["lost", "extra", "out_of_order", "wrong_id", "unparsable"] {
+        assert_eq!(report[field], 0, "{field}: {report}");
+    }
+    assert_eq!(report["run_exit"], 0, "{report}");
+    report
+}
+
+#[test]
+fn soak_small_many_triggers_no_loss_flat_memory_issue5() {
+    let report = soak("soak", &["--triggers", "300"]);
     assert_eq!(report["answers"], 300);
-    assert_eq!(report["out_of_order_or_duplicated"], 0);
     assert!(
         report["rss_growth_mib"].as_f64().is_some_and(|g| g < 16.0),
         "{report}"
+    );
+    let judged = report["ok"].as_u64().unwrap_or(0) + report["ng"].as_u64().unwrap_or(0);
+    assert_eq!(
+        judged, 300,
+        "no fault injected, every part judged: {report}"
+    );
+}
+
+/// The soak against a source that stalls, drops, delivers garbage and disconnects: every
+/// trigger still gets exactly one answer in order (checked by `soak` from outside the run,
+/// on its stdout), each fault shows up as its own ERROR, and the line recovers after each.
+#[test]
+fn soak_with_injected_faults_loses_nothing_issue16() {
+    let report = soak(
+        "soak-faults",
+        &[
+            "--triggers",
+            "200",
+            "--frame-timeout-ms",
+            "50",
+            "--faults",
+            "disconnect=61,stall=23,drop=7,garbage=11",
+            // A one-second run's memory is still warming up (frames of new sizes,
+            // reconnects); flat memory is the 10,000-trigger soak's claim (README), not this
+            // test's.
+            "--max-growth-mib",
+            "64",
+        ],
+    );
+    assert_eq!(report["answers"], 200, "{report}");
+    let errors = &report["errors"];
+    // Each kind of fault is answered with its own reason (the first words of the error).
+    for kind in ["bad frame", "no frame within 50ms", "camera unavailable"] {
+        assert!(
+            errors
+                .as_object()
+                .is_some_and(|e| e.keys().any(|k| k.starts_with(kind))),
+            "no `{kind}` answer: {report}"
+        );
+    }
+    // Garbage frames: the empty ones are refused (ERROR), never judged; noise ones are judged.
+    assert!(
+        errors
+            .as_object()
+            .is_some_and(|e| e.keys().any(|k| k.starts_with("frame of 0x0 pixels"))),
+        "no garbage answer: {report}"
+    );
+    // All 200 triggers arrive at once, so the triggers that come while the camera reconnects
+    // (100 ms) are many; the line still judges parts before and after every fault.
+    let judged = report["ok"].as_u64().unwrap_or(0) + report["ng"].as_u64().unwrap_or(0);
+    assert!(
+        judged >= 40,
+        "the line did not recover between faults: {report}"
     );
 }
 
@@ -1707,6 +1810,42 @@ fn broken_calibrations_and_empty_inputs_are_setup_errors_issue16() {
         "{stderr}"
     );
     assert!(output.stdout.is_empty());
+    // The same bundle on the line: triggers that arrived while it loaded are each answered
+    // ERROR with the reason before the setup error ends the run (exit 2).
+    let source = replay_folder("unstarted-run");
+    let mut child = efficientad()
+        .args(["run", "--provider", "cpu", "--model"])
+        .arg(&mismatched)
+        .arg("--calibration")
+        .arg(&cal_path)
+        .arg("--source")
+        .arg(format!("dir:{}", source.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"u1\nu2\n")
+        .expect("write");
+    let output = child.wait_with_output().expect("wait");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let answers = json_lines(&output.stdout);
+    let ids: Vec<&Value> = answers.iter().map(|a| &a["id"]).collect();
+    assert_eq!(ids, [&Value::from("u1"), &Value::from("u2")], "{stderr}");
+    for a in &answers {
+        assert_eq!(a["verdict"], "ERROR", "{a}");
+        assert!(
+            a["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("could not start") && e.contains("input_size 512")),
+            "{a}"
+        );
+    }
 
     let empty = temp_dir("infer-empty");
     std::fs::write(empty.join("notes.txt"), "not an image").expect("write");
@@ -1890,10 +2029,11 @@ fn a_burst_is_stamped_on_arrival_and_stale_triggers_are_overloaded_issue16() {
         } else {
             judged += 1;
         }
-        // Whatever frame was taken, it was taken within the limit plus one frame period.
+        // Whatever frame was taken, it was taken within the limit plus one frame period (and
+        // its decoding, slow under emulation).
         let frame = epoch_ms(&a["frame_time"]) - epoch_ms(&a["trigger_time"]);
         assert!(
-            (frame as f64) <= limit_ms + 200.0 + 50.0,
+            (frame as f64) <= limit_ms + 200.0 + 150.0,
             "frame taken {frame} ms after the trigger arrived: {a}"
         );
     }
@@ -1902,4 +2042,319 @@ fn a_burst_is_stamped_on_arrival_and_stale_triggers_are_overloaded_issue16() {
         overloaded >= n / 2,
         "{judged} judged, {overloaded} overloaded"
     );
+}
+
+/// Scores of `files` under a calibration, from `infer`.
+fn infer_scores(calibration: &Path, files: &[PathBuf], extra: &[&str]) -> Vec<Value> {
+    let output = run(efficientad()
+        .args(["infer", "--provider", "cpu", "--model"])
+        .arg(small_bundle())
+        .arg("--calibration")
+        .arg(calibration)
+        .args(extra)
+        .args(files));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    json_lines(&output.stdout)
+}
+
+#[test]
+fn calibrate_false_reject_rate_and_anomalous_rules_from_the_cli_issue16() {
+    // --false-reject-rate 0.25 on 12 normal images: the threshold is their 0.75-quantile
+    // (linear interpolation, as SPEC says) and the recorded share above it is what infer sees.
+    let (normal_dir, normal) = image_folder("frr-normal", &mtd().join("validation/good"), 12);
+    let path = normal_dir.join("../frr.json");
+    let cal = calibrate(
+        small_bundle(),
+        &normal_dir,
+        &path,
+        &["--false-reject-rate", "0.25"],
+    );
+    let scores: Vec<f32> = infer_scores(&path, &normal, &[])
+        .iter()
+        .map(|l| l["score"].as_f64().expect("score") as f32)
+        .collect();
+    let threshold = cal["threshold"].as_f64().expect("threshold");
+    let want = reference_quantile(&scores, 0.75);
+    assert!(
+        close(threshold, want, 1e-5),
+        "threshold {threshold} vs {want}"
+    );
+    assert_eq!(cal["threshold_rule"]["rule"], "false_reject_rate");
+    assert_eq!(cal["threshold_rule"]["target"], 0.25);
+    let above = scores.iter().filter(|&&s| f64::from(s) > threshold).count() as f64 / 12.0;
+    let achieved = cal["threshold_rule"]["achieved"]
+        .as_f64()
+        .expect("achieved");
+    assert!(
+        (achieved - above).abs() < 1e-9,
+        "achieved {achieved} vs {above}"
+    );
+
+    // --anomalous: the threshold lies between two scores and its F1 is the best any cut gets.
+    let (bad_dir, bad) = image_folder("f1-anomalous", &mtd().join("test/blowhole"), 6);
+    let path = normal_dir.join("../f1.json");
+    let cal = calibrate(
+        small_bundle(),
+        &normal_dir,
+        &path,
+        &["--anomalous", bad_dir.to_str().expect("utf-8 path")],
+    );
+    assert_eq!(cal["threshold_rule"]["rule"], "best_f1", "{cal}");
+    assert_eq!(cal["validation"]["anomalous_images"], 6);
+    let score = |l: &Value| l["score"].as_f64().expect("score");
+    let normal_scores: Vec<f64> = infer_scores(&path, &normal, &[])
+        .iter()
+        .map(score)
+        .collect();
+    let bad_scores: Vec<f64> = infer_scores(&path, &bad, &[]).iter().map(score).collect();
+    let f1_at = |t: f64| {
+        let tp = bad_scores.iter().filter(|&&s| s > t).count() as f64;
+        let fp = normal_scores.iter().filter(|&&s| s > t).count() as f64;
+        if tp == 0.0 {
+            0.0
+        } else {
+            2.0 * tp / (2.0 * tp + fp + (bad_scores.len() as f64 - tp))
+        }
+    };
+    let mut all: Vec<f64> = normal_scores.iter().chain(&bad_scores).copied().collect();
+    all.sort_by(f64::total_cmp);
+    let best = all
+        .windows(2)
+        .map(|w| f1_at((w[0] + w[1]) / 2.0))
+        .chain(std::iter::once(f1_at(all[0] - 1.0)))
+        .fold(0.0, f64::max);
+    let threshold = cal["threshold"].as_f64().expect("threshold");
+    assert!(
+        (f1_at(threshold) - best).abs() < 1e-9,
+        "F1 at the threshold {} vs best {best}",
+        f1_at(threshold)
+    );
+    let recorded = cal["threshold_rule"]["f1"].as_f64().expect("f1");
+    assert!(
+        (recorded - best).abs() < 1e-6,
+        "recorded F1 {recorded} vs {best}"
+    );
+    assert!(
+        !all.iter().any(|&s| (s - threshold).abs() < 1e-9),
+        "the cut sits on a score"
+    );
+}
+
+#[test]
+fn heatmaps_of_ng_parts_only_unless_all_are_asked_for_issue16() {
+    let mut files = first_files(&mtd().join("test/good"), 3);
+    files.extend(first_files(&mtd().join("test/crack"), 3));
+    // A calibration whose threshold is the median score: some parts OK, some NG.
+    let first = infer_scores(&small_calibration(), &files, &[]);
+    let mut scores: Vec<f64> = first
+        .iter()
+        .map(|l| l["score"].as_f64().expect("score"))
+        .collect();
+    scores.sort_by(f64::total_cmp);
+    let mut cal: Value =
+        serde_json::from_str(&std::fs::read_to_string(small_calibration()).expect("read"))
+            .expect("json");
+    cal["threshold"] = ((scores[2] + scores[3]) / 2.0).into();
+    let dir = temp_dir("ng-heatmaps");
+    let cal_path = dir.join("median.json");
+    std::fs::write(&cal_path, cal.to_string()).expect("write");
+    let heat = dir.join("heat");
+    let lines = infer_scores(
+        &cal_path,
+        &files,
+        &["--heatmaps", heat.to_str().expect("utf-8")],
+    );
+    let ng: Vec<&Value> = lines.iter().filter(|l| l["verdict"] == "NG").collect();
+    assert_eq!(ng.len(), 3, "{lines:?}");
+    for line in &lines {
+        let path = line.get("heatmap").and_then(Value::as_str);
+        if line["verdict"] == "NG" {
+            assert!(path.is_some_and(|p| Path::new(p).is_file()), "{line}");
+        } else {
+            assert!(path.is_none(), "an OK part got a heatmap: {line}");
+        }
+    }
+    let written = std::fs::read_dir(&heat).expect("heat dir").count();
+    assert_eq!(written, 3, "only the NG parts' overlays are written");
+    let all = dir.join("all");
+    let lines = infer_scores(
+        &cal_path,
+        &files,
+        &["--heatmaps", all.to_str().expect("utf-8"), "--all-heatmaps"],
+    );
+    assert!(lines.iter().all(|l| l["heatmap"].is_string()));
+    assert_eq!(std::fs::read_dir(&all).expect("all dir").count(), 6);
+}
+
+#[test]
+fn provider_auto_tries_tensorrt_then_cuda_then_cpu_issue16() {
+    let files = first_files(&mtd().join("test/good"), 1);
+    let output = run(efficientad()
+        .args(["infer", "--provider", "auto", "--model"])
+        .arg(small_bundle())
+        .arg("--calibration")
+        .arg(small_calibration())
+        .args(&files));
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    // This machine has no GPU and the CPU-only library: both GPU providers are tried, in this
+    // order, each failure said, and the CPU runs the model.
+    let at = |needle: &str| {
+        stderr
+            .find(needle)
+            .unwrap_or_else(|| panic!("`{needle}` missing in: {stderr}"))
+    };
+    let tensorrt = at("tensorrt unavailable");
+    let cuda = at("cuda unavailable");
+    let cpu = at("execution provider: cpu");
+    assert!(tensorrt < cuda && cuda < cpu, "{stderr}");
+    assert_eq!(json_lines(&output.stdout).len(), 1);
+}
+
+/// ONNX Runtime older than 1.31: a library that reports version 1.20.1 (a stand-in compiled
+/// here, exporting only `OrtGetApiBase`, as every onnxruntime does) is refused at start with
+/// both versions named, exit 2, no panic.
+#[test]
+fn an_onnx_runtime_older_than_1_31_is_refused_naming_both_versions_issue16() {
+    let dir = temp_dir("old-ort");
+    let source = dir.join("old_ort.c");
+    std::fs::write(
+        &source,
+        r#"#include <stddef.h>
+typedef struct { const void *(*GetApi)(unsigned); const char *(*GetVersionString)(void); } OrtApiBase;
+static const void *get_api(unsigned version) { (void)version; return NULL; }
+static const char *version_string(void) { return "1.20.1"; }
+static const OrtApiBase base = { get_api, version_string };
+const OrtApiBase *OrtGetApiBase(void) { return &base; }
+"#,
+    )
+    .expect("write C");
+    let lib = dir.join("libonnxruntime.so.1.20.1");
+    // The library must be of the architecture under test (aarch64 under qemu).
+    let cc = if runner().is_some() {
+        "aarch64-linux-gnu-gcc"
+    } else {
+        "cc"
+    };
+    let built = run(Command::new(cc)
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&source));
+    assert!(built.status.success(), "{cc}: {}", text(&built.stderr));
+    let output = run(efficientad().arg("doctor").env("ORT_DYLIB_PATH", &lib));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("1.20.1") && stderr.contains("1.31"),
+        "both versions named: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bench_reports_stages_and_the_ratio_of_its_own_numbers_issue16() {
+    let (dir, _) = image_folder("bench", &mtd().join("test/good"), 4);
+    let output = run(efficientad()
+        .args([
+            "bench",
+            "--provider",
+            "cpu",
+            "--batch",
+            "2",
+            "--runs",
+            "2",
+            "--json",
+            "--model",
+        ])
+        .arg(small_bundle())
+        .arg("--images")
+        .arg(&dir));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let r: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(r["images"], 4);
+    assert_eq!(r["batch"], 2);
+    let get = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {r}"));
+    for k in [
+        "decode_ms",
+        "resize_ms",
+        "device_run_ms",
+        "maps_ms",
+        "end_to_end_ms",
+        "bare_session_ms",
+    ] {
+        assert!(get(k) > 0.0, "{k}: {r}");
+    }
+    assert!(
+        close(
+            get("ratio"),
+            get("end_to_end_ms") / get("bare_session_ms"),
+            1e-9
+        ),
+        "{r}"
+    );
+    // (The ratio is the two medians' quotient; the timings themselves, with tests running in
+    // parallel, are too noisy to bound.) The table shows the same ratio line.
+    let table = run(efficientad()
+        .args(["bench", "--provider", "cpu", "--runs", "1", "--model"])
+        .arg(small_bundle())
+        .arg("--images")
+        .arg(&dir));
+    let table = text(&table.stdout);
+    assert!(
+        table.contains("ratio end-to-end / bare session") && table.contains("4 images x 1 runs"),
+        "{table}"
+    );
+}
+
+/// The resize every model input goes through, against Pillow's bilinear resize (the filter
+/// fast_image_resize's convolution follows, antialiasing when it shrinks): the same decoded
+/// pixels (handed over as a lossless PNG) into both, up- and downscaled: every channel of
+/// every pixel within ±1 (rounding).
+#[test]
+fn resize_matches_pillow_bilinear_issue16() {
+    let dir = temp_dir("resize-pil");
+    let mut files = first_files(&mtd().join("test/good"), 3);
+    files.extend(first_files(&mtd().join("test/crack"), 2));
+    let mut sizes = Vec::new();
+    let mut pre = Preprocessor::new(256);
+    let mut ours = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        // Tiles between 219 and 494 pixels a side: both directions of scaling.
+        let decoded = decode_file(f).expect("decode").to_rgb8();
+        sizes.push(decoded.dimensions());
+        let png = dir.join(format!("{i}.png"));
+        decoded.save(&png).expect("png");
+        ours.push(
+            pre.prepare_vec(image::DynamicImage::ImageRgb8(decoded))
+                .expect("resize"),
+        );
+    }
+    let script = format!(
+        "import sys\nfrom PIL import Image\nfor i in range({}):\n    sys.stdout.buffer.write(Image.open('{}/%d.png' % i).convert('RGB').resize((256, 256), Image.BILINEAR).tobytes())\n",
+        files.len(),
+        dir.display()
+    );
+    let output = run(Command::new("python3").args(["-c", &script]));
+    assert!(
+        output.status.success(),
+        "Pillow is needed for this reference (.ci/run installs it): {}",
+        text(&output.stderr)
+    );
+    let pil = output.stdout;
+    assert_eq!(pil.len(), files.len() * 256 * 256 * 3);
+    for (i, (mine, theirs)) in ours.iter().zip(pil.chunks(256 * 256 * 3)).enumerate() {
+        let diffs: Vec<i32> = mine
+            .iter()
+            .zip(theirs)
+            .map(|(&a, &b)| (i32::from(a) - i32::from(b)).abs())
+            .collect();
+        let worst = diffs.iter().copied().max().unwrap_or(0);
+        let off = diffs.iter().filter(|&&d| d > 1).count();
+        assert!(
+            worst <= 1,
+            "{:?}: worst {worst}, {off} of {} channels differ by more than 1",
+            sizes[i],
+            diffs.len()
+        );
+    }
 }

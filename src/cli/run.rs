@@ -16,6 +16,7 @@ use efficientad::pipeline::{
     DEFAULT_MAX_TRIGGER_AGE, Mode, Pipeline, PipelineOptions, TriggerMode,
 };
 use efficientad::protocol::{Answer, JsonLines, Latency, Trigger, read_triggers, rfc3339};
+use efficientad::source::faults::{FaultPlan, FaultySource};
 use efficientad::source::{CameraOptions, GigeSettings, GigeTrigger, SourceSpec, UsbSettings};
 
 use super::{EngineArgs, Outcome};
@@ -77,6 +78,10 @@ pub struct RunArgs {
     /// USB frame format: mjpeg or yuyv.
     #[arg(long, value_name = "FORMAT")]
     pub usb_format: Option<String>,
+    /// Test aid: make every Nth grab fail, e.g. disconnect=97,stall=50,drop=7,garbage=11
+    /// (README: Tests).
+    #[arg(long, value_name = "PLAN", hide = true)]
+    pub inject_faults: Option<FaultPlan>,
     /// USB resolution, WIDTHxHEIGHT.
     #[arg(long, value_name = "WxH", value_parser = parse_resolution)]
     pub usb_resolution: Option<(u32, u32)>,
@@ -178,7 +183,10 @@ fn setup(args: &RunArgs) -> anyhow::Result<Pipeline> {
     let bundle = Bundle::open(&args.engine.model)?;
     let calibration = Calibration::load_for(&args.calibration, &bundle)?;
     let spec = SourceSpec::parse(&args.source, args.fps, !args.once)?;
-    let source = spec.open_with(&args.camera_options())?;
+    let mut source = spec.open_with(&args.camera_options())?;
+    if let Some(plan) = args.inject_faults {
+        source = Box::new(FaultySource::new(source, plan));
+    }
     eprintln!("efficientad: source {}", source.describe());
     let heatmaps = HeatmapSink::optional(args.heatmaps.as_deref(), args.all_heatmaps)?;
     let mut engine = Engine::new(&bundle, &args.engine.engine_options())?;

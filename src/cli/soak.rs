@@ -1,19 +1,18 @@
-//! `efficientad soak`: the pipeline under a long stream of triggers, sent faster than the
-//! model answers, checking that every trigger gets exactly one answer in order and that
-//! resident memory stays flat after warm-up.
+//! `efficientad soak`: a line session checked from the outside. It starts `efficientad run` as
+//! a child process (optionally on a source with injected faults), writes the triggers to its
+//! stdin faster than the model answers, and parses every line of its stdout: each trigger must
+//! get exactly one answer, in order, with its own id; the child's resident memory is sampled
+//! from /proc while it runs; the child must end with exit 0.
 
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
-use crossbeam_channel::bounded;
-use efficientad::bundle::Bundle;
-use efficientad::calibration::Calibration;
-use efficientad::engine::Engine;
-use efficientad::pipeline::{Mode, Pipeline, PipelineOptions};
-use efficientad::protocol::{Trigger, TriggerId};
-use efficientad::source::SourceSpec;
+use efficientad::source::faults::FaultPlan;
 
 use super::{EngineArgs, Outcome};
 
@@ -23,99 +22,222 @@ pub struct SoakArgs {
     pub engine: EngineArgs,
     #[arg(long, value_name = "FILE")]
     pub calibration: PathBuf,
-    /// Frame source, e.g. dir:<folder> (looped).
+    /// Frame source, e.g. dir:<folder> (looped, as fast as asked).
     #[arg(long, value_name = "SPEC")]
     pub source: String,
     /// Number of triggers.
     #[arg(long, default_value_t = 10_000)]
     pub triggers: u64,
-    /// Allowed growth of resident memory from warm-up (10% of the triggers) to the end, MiB.
+    /// Triggers per second, as a line sends them (latencies are then a part's); 0 sends them
+    /// all at once (latencies are then mostly queueing).
+    #[arg(long, value_name = "HZ", default_value_t = 0.0)]
+    pub rate: f64,
+    /// Faults to inject into the source, e.g. disconnect=97,stall=50,drop=7,garbage=11: every
+    /// Nth grab fails that way.
+    #[arg(long, value_name = "PLAN")]
+    pub faults: Option<FaultPlan>,
+    /// Frame timeout of the run, milliseconds (a stall lasts this long).
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    pub frame_timeout_ms: u64,
+    /// Allowed growth of the run's resident memory from the middle of the soak (the first
+    /// half warms up allocator arenas and ONNX Runtime's buffers) to the end, MiB: a leak
+    /// grows with every trigger, so it shows in the second half.
     #[arg(long, default_value_t = 16.0)]
     pub max_growth_mib: f64,
 }
 
-/// Resident set size of this process in MiB (Linux), NaN elsewhere.
-pub fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/statm")
+/// Resident set size of a process in MiB, from /proc (NaN where there is none).
+pub fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<f64>().ok())
         })
-        .map_or(f64::NAN, |pages| pages * 4096.0 / (1024.0 * 1024.0))
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// What the answers said.
+#[derive(Default)]
+struct Tally {
+    answers: u64,
+    out_of_order: u64,
+    wrong_id: u64,
+    unparsable: u64,
+    ok: u64,
+    ng: u64,
+    /// ERROR answers by the first words of their reason.
+    errors: BTreeMap<String, u64>,
+    latencies: Vec<f64>,
+}
+
+impl Tally {
+    fn record(&mut self, line: &str, expected_seq: u64) {
+        self.answers += 1;
+        let Ok(answer) = serde_json::from_str::<serde_json::Value>(line) else {
+            self.unparsable += 1;
+            return;
+        };
+        if answer["seq"].as_u64() != Some(expected_seq) {
+            self.out_of_order += 1;
+        }
+        if answer["id"].as_str() != Some(format!("soak-{expected_seq}").as_str()) {
+            self.wrong_id += 1;
+        }
+        match answer["verdict"].as_str() {
+            Some("OK") => self.ok += 1,
+            Some("NG") => self.ng += 1,
+            _ => {
+                let reason = answer["error"].as_str().unwrap_or("no error text");
+                let kind: String = reason.split(':').next().unwrap_or(reason).into();
+                *self.errors.entry(kind).or_default() += 1;
+            }
+        }
+        if let Some(ms) = answer["latency_ms"]["total"].as_f64() {
+            self.latencies.push(ms);
+        }
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        let mut v = self.latencies.clone();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n => v[((p * n as f64).ceil() as usize).clamp(1, n) - 1],
+        }
+    }
 }
 
 pub fn run(args: SoakArgs) -> anyhow::Result<Outcome> {
-    let bundle = Bundle::open(&args.engine.model)?;
-    let calibration = Calibration::load_for(&args.calibration, &bundle)?;
-    let source = SourceSpec::parse(&args.source, 0.0, true)?.open()?;
-    let engine = Engine::new(&bundle, &args.engine.engine_options())?;
+    let exe = std::env::current_exe().context("finding this program to start `run`")?;
+    let mut command = Command::new(exe);
+    command
+        .args(["run", "--fps", "0", "--max-trigger-age-ms", "0"])
+        .arg("--frame-timeout-ms")
+        .arg(args.frame_timeout_ms.to_string())
+        .arg("--model")
+        .arg(&args.engine.model)
+        .arg("--provider")
+        .arg(args.engine.provider.to_string())
+        .arg("--calibration")
+        .arg(&args.calibration)
+        .arg("--source")
+        .arg(&args.source);
+    if let Some(threads) = args.engine.threads {
+        command.arg("--threads").arg(threads.to_string());
+    }
+    if let Some(plan) = args.faults {
+        command.arg("--inject-faults").arg(format!(
+            "disconnect={},stall={},drop={},garbage={}",
+            plan.disconnect, plan.stall, plan.drop, plan.garbage
+        ));
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting `efficientad run`")?;
+    let pid = child.id();
+    let mut stdin = child.stdin.take().context("run's stdin")?;
+    let stdout = BufReader::new(child.stdout.take().context("run's stdout")?);
+    let stderr = BufReader::new(child.stderr.take().context("run's stderr")?);
+    // The run's log, kept (last lines) for the report; reading it keeps the pipe flowing.
+    let log = std::thread::spawn(move || {
+        let mut last: Vec<String> = Vec::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if last.len() == 20 {
+                last.remove(0);
+            }
+            last.push(line);
+        }
+        last
+    });
     let n = args.triggers;
-    let (tx, rx) = bounded(64);
-    // The feeder never waits for answers: triggers queue up faster than inference.
-    let feeder = std::thread::spawn(move || {
+    let period = (args.rate > 0.0).then(|| std::time::Duration::from_secs_f64(1.0 / args.rate));
+    // The run reads and queues triggers as they come, however fast.
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(&mut stdin);
+        let start = Instant::now();
         for seq in 1..=n {
-            if tx.send(Trigger::new(seq, format!("soak-{seq}"))).is_err() {
-                break;
+            if let Some(period) = period {
+                let due = start + period.mul_f64((seq - 1) as f64);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                writeln!(out, "soak-{seq}")?;
+                out.flush()?;
+            } else {
+                writeln!(out, "soak-{seq}")?;
             }
         }
+        out.flush()
     });
-    let (_stop_tx, stop_rx) = bounded(1);
-    let pipeline = Pipeline {
-        source,
-        engine,
-        calibration,
-        heatmaps: None,
-        options: PipelineOptions {
-            frame_timeout: Duration::from_secs(5),
-            // The soak measures the queue itself: a trigger stamped when the feeder made it
-            // waits behind the whole backlog, which here is the point, not an overload.
-            max_trigger_age: None,
-            ..PipelineOptions::default()
-        },
-    };
-    let warm_at = (n / 10).max(1);
-    let (mut expected, mut out_of_order, mut errors) = (1u64, 0u64, 0u64);
-    let mut rss_warm = f64::NAN;
-    let mut sink = std::io::sink();
     let started = Instant::now();
-    let summary = pipeline.run(Mode::Triggered(rx), stop_rx, &mut sink, &mut |a| {
-        if a.seq != expected || a.id != TriggerId::from(format!("soak-{}", a.seq)) {
-            out_of_order += 1;
+    let warm_at = (n / 2).max(1);
+    let mut tally = Tally::default();
+    let mut rss_warm = f64::NAN;
+    let mut rss_peak: f64 = 0.0;
+    let mut lines = stdout.lines();
+    while tally.answers < n {
+        let Some(Ok(line)) = lines.next() else { break };
+        tally.record(&line, tally.answers + 1);
+        if tally.answers == warm_at {
+            rss_warm = rss_mib(pid);
         }
-        expected = a.seq + 1;
-        if a.error.is_some() {
-            errors += 1;
+        if tally.answers.is_multiple_of(100) {
+            rss_peak = rss_peak.max(rss_mib(pid));
         }
-        if a.seq == warm_at {
-            rss_warm = rss_mib();
-        }
-    })?;
-    let _ = feeder.join();
-    let rss_end = rss_mib();
+    }
+    let rss_end = rss_mib(pid);
+    let seconds = started.elapsed().as_secs_f64();
+    let written = writer.join();
+    // EOF (stdin closed with the writer) ends the run: nothing more may come.
+    let extra = lines.map_while(Result::ok).count() as u64;
+    let status = child.wait().context("waiting for `run`")?;
+    let log = log.join().unwrap_or_default();
     let growth = rss_end - rss_warm;
+    let lost = n.saturating_sub(tally.answers);
     let report = serde_json::json!({
-        "triggers": n, "answers": summary.answers, "out_of_order_or_duplicated": out_of_order,
-        "errors": errors, "rss_after_warmup_mib": rss_warm, "rss_end_mib": rss_end, "rss_growth_mib": growth,
-        "seconds": started.elapsed().as_secs_f64(), "p50_ms": summary.percentile(0.5), "p99_ms": summary.percentile(0.99),
+        "triggers": n, "answers": tally.answers, "lost": lost, "extra": extra,
+        "out_of_order": tally.out_of_order, "wrong_id": tally.wrong_id, "unparsable": tally.unparsable,
+        "ok": tally.ok, "ng": tally.ng, "errors": tally.errors,
+        "faults": args.faults.map(|p| format!("{p:?}")),
+        "rss_at_half_mib": rss_warm, "rss_end_mib": rss_end, "rss_peak_mib": rss_peak.max(rss_end),
+        "rss_growth_mib": growth, "p50_ms": tally.percentile(0.5), "p99_ms": tally.percentile(0.99),
+        "seconds": seconds, "rate_hz": args.rate, "run_exit": status.code(),
     });
     println!("{report}");
-    if summary.answers != n || out_of_order > 0 {
+    if !matches!(written, Ok(Ok(()))) && lost > 0 {
+        bail!("could not write all triggers to `run`: {}", log.join("\n"));
+    }
+    if lost > 0 || extra > 0 || tally.out_of_order > 0 || tally.wrong_id > 0 || tally.unparsable > 0
+    {
         bail!(
-            "{n} triggers gave {} answers ({out_of_order} out of order or duplicated)",
-            summary.answers
+            "{n} triggers gave {} answers ({lost} lost, {extra} extra, {} out of order, {} with another id, {} unparsable); run's log ends:\n{}",
+            tally.answers,
+            tally.out_of_order,
+            tally.wrong_id,
+            tally.unparsable,
+            log.join("\n")
+        );
+    }
+    if !status.success() {
+        bail!(
+            "`run` ended with {status}; its log ends:\n{}",
+            log.join("\n")
         );
     }
     if growth > args.max_growth_mib {
         bail!(
-            "resident memory grew by {growth:.1} MiB after warm-up (limit {} MiB)",
+            "run's resident memory grew by {growth:.1} MiB over the second half (limit {} MiB)",
             args.max_growth_mib
         );
     }
-    Ok(if errors > 0 {
-        Outcome::SomeErrors
-    } else {
+    // ERROR answers are the point of a soak with injected faults; without, they are failures.
+    Ok(if tally.errors.is_empty() || args.faults.is_some() {
         Outcome::Success
+    } else {
+        Outcome::SomeErrors
     })
 }
