@@ -15,6 +15,7 @@ mod capture;
 mod summary;
 
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded};
@@ -26,6 +27,7 @@ pub use summary::Summary;
 use crate::calibration::Calibration;
 use crate::engine::{Engine, RawMaps};
 use crate::inspect::{HeatmapSink, MapsView, Part, Verdict, judge};
+use crate::monitor::{Monitor, NgPart, Stage};
 use crate::ms;
 use crate::preprocess::Preprocessor;
 use crate::protocol::{Answer, FrameInfo, JsonLines, Latency, Trigger, rfc3339};
@@ -81,6 +83,7 @@ struct Inference {
     input: Vec<u8>,
     maps: RawMaps,
     combined: Vec<f32>,
+    monitor: Option<Arc<Monitor>>,
 }
 
 impl Inference {
@@ -124,11 +127,16 @@ impl Inference {
             .resize_rgb(frame.image.as_raw(), w, h, &mut self.input)
         {
             answer.error = Some(e.to_string());
+            answer.latency_ms.total = ms(trigger.received.elapsed());
             return answer;
         }
         answer.latency_ms.preprocess = ms(t0.elapsed());
         let t1 = Instant::now();
-        if let Err(e) = self.engine.run_into(&self.input, 1, &mut self.maps) {
+        let ran = {
+            let _busy = self.monitor.as_ref().map(|m| m.busy(Stage::Inference));
+            self.engine.run_into(&self.input, 1, &mut self.maps)
+        };
+        if let Err(e) = ran {
             answer.error = Some(format!("inference failed: {e}"));
             answer.latency_ms.total = ms(trigger.received.elapsed());
             return answer;
@@ -161,6 +169,20 @@ impl Inference {
         answer.score = Some(judged.score);
         answer.heatmap = judged.heatmap.map(|p| p.display().to_string());
         answer.latency_ms.total = ms(trigger.received.elapsed());
+        if let (Some(m), Verdict::Ng) = (&self.monitor, judged.verdict) {
+            // The resized input and the map (~200 KB), not an overlay: it is drawn only when
+            // the status page asks for it, on the HTTP thread.
+            m.keep_ng(NgPart {
+                seq: answer.seq,
+                id: answer.id.to_json(),
+                score: judged.score,
+                time: answer.trigger_time.clone(),
+                input: self.input.clone(),
+                input_size: self.pre.size(),
+                map: self.combined.clone(),
+                map_size: self.maps.size,
+            });
+        }
         answer
     }
 }
@@ -172,6 +194,8 @@ pub struct Pipeline {
     pub calibration: Calibration,
     pub heatmaps: Option<HeatmapSink>,
     pub options: PipelineOptions,
+    /// Live counters for `--http` and the watchdog.
+    pub monitor: Option<Arc<Monitor>>,
 }
 
 impl Pipeline {
@@ -185,7 +209,7 @@ impl Pipeline {
         each: &mut dyn FnMut(&Answer),
     ) -> std::io::Result<Summary> {
         let size = self.engine.input_size();
-        let capture = Capture::new(self.source, self.options);
+        let capture = Capture::new(self.source, self.options, self.monitor.clone());
         let free = matches!(mode, Mode::FreeRun);
         let (job_tx, job_rx) = bounded::<Job>(if free { 1 } else { 4 });
         let (answer_tx, answer_rx) = bounded::<Answer>(16);
@@ -198,6 +222,7 @@ impl Pipeline {
             input: Vec::new(),
             maps: RawMaps::default(),
             combined: Vec::new(),
+            monitor: self.monitor.clone(),
         };
         let mut summary = Summary::default();
         let mut lines = JsonLines::new(out);
@@ -217,6 +242,9 @@ impl Pipeline {
             });
             for answer in answer_rx.iter() {
                 summary.record(&answer);
+                if let Some(m) = &self.monitor {
+                    m.record(&answer);
+                }
                 each(&answer);
                 lines.write(&answer);
             }

@@ -783,17 +783,29 @@ fn run_args(source: &Path) -> Vec<std::ffi::OsString> {
 }
 
 fn spawn_run(source: &Path, extra: &[&str]) -> (Child, ChildStdin, BufReader<ChildStdout>) {
-    let mut child = efficientad()
-        .args(run_args(source))
-        .args(extra)
+    spawn_piped(efficientad().args(run_args(source)).args(extra))
+}
+
+/// Starts a command with all three pipes; stdin and stdout are taken out of the child.
+fn spawn_piped(cmd: &mut Command) -> (Child, ChildStdin, BufReader<ChildStdout>) {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn efficientad run");
+        .expect("spawn");
     let stdin = child.stdin.take().expect("stdin");
     let stdout = BufReader::new(child.stdout.take().expect("stdout"));
     (child, stdin, stdout)
+}
+
+/// Sends one trigger line and reads its answer.
+fn ask(stdin: &mut ChildStdin, stdout: &mut BufReader<ChildStdout>, id: &str) -> Value {
+    stdin
+        .write_all(format!("{id}\n").as_bytes())
+        .expect("write trigger");
+    stdin.flush().expect("flush");
+    read_answer(stdout)
 }
 
 fn read_answer(out: &mut BufReader<ChildStdout>) -> Value {
@@ -1971,29 +1983,24 @@ fn numeric_ids_come_back_exactly_as_sent_issue16() {
 fn a_burst_is_stamped_on_arrival_and_stale_triggers_are_overloaded_issue16() {
     let source = replay_folder("run-burst");
     let limit_ms = 600.0;
-    let mut child = efficientad()
-        .args([
-            "run",
-            "--provider",
-            "cpu",
-            "--fps",
-            "5",
-            "--max-trigger-age-ms",
-            "600",
-        ])
-        .arg("--model")
-        .arg(small_bundle())
-        .arg("--calibration")
-        .arg(small_calibration())
-        .arg("--source")
-        .arg(format!("dir:{}", source.display()))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let (child, mut stdin, mut stdout) = spawn_piped(
+        efficientad()
+            .args([
+                "run",
+                "--provider",
+                "cpu",
+                "--fps",
+                "5",
+                "--max-trigger-age-ms",
+                "600",
+            ])
+            .arg("--model")
+            .arg(small_bundle())
+            .arg("--calibration")
+            .arg(small_calibration())
+            .arg("--source")
+            .arg(format!("dir:{}", source.display())),
+    );
     // One warm-up trigger, so the burst meets a running pipeline (not a loading model).
     stdin.write_all(b"warm\n").expect("write");
     stdin.flush().expect("flush");
@@ -2140,24 +2147,30 @@ fn calibrate_false_reject_rate_and_anomalous_rules_from_the_cli_issue16() {
     );
 }
 
+/// Writes to `path` the small calibration with its threshold set so that exactly the `ng`
+/// highest-scoring of `files` are NG (midway between two neighbouring scores).
+fn threshold_below(files: &[PathBuf], ng: usize, path: &Path) {
+    let mut scores: Vec<f64> = infer_scores(&small_calibration(), files, &[])
+        .iter()
+        .map(|l| l["score"].as_f64().expect("score"))
+        .collect();
+    scores.sort_by(f64::total_cmp);
+    let cut = scores.len() - ng;
+    let mut cal: Value =
+        serde_json::from_str(&std::fs::read_to_string(small_calibration()).expect("read"))
+            .expect("json");
+    cal["threshold"] = ((scores[cut - 1] + scores[cut]) / 2.0).into();
+    std::fs::write(path, cal.to_string()).expect("write calibration");
+}
+
 #[test]
 fn heatmaps_of_ng_parts_only_unless_all_are_asked_for_issue16() {
     let mut files = first_files(&mtd().join("test/good"), 3);
     files.extend(first_files(&mtd().join("test/crack"), 3));
     // A calibration whose threshold is the median score: some parts OK, some NG.
-    let first = infer_scores(&small_calibration(), &files, &[]);
-    let mut scores: Vec<f64> = first
-        .iter()
-        .map(|l| l["score"].as_f64().expect("score"))
-        .collect();
-    scores.sort_by(f64::total_cmp);
-    let mut cal: Value =
-        serde_json::from_str(&std::fs::read_to_string(small_calibration()).expect("read"))
-            .expect("json");
-    cal["threshold"] = ((scores[2] + scores[3]) / 2.0).into();
     let dir = temp_dir("ng-heatmaps");
     let cal_path = dir.join("median.json");
-    std::fs::write(&cal_path, cal.to_string()).expect("write");
+    threshold_below(&files, 3, &cal_path);
     let heat = dir.join("heat");
     let lines = infer_scores(
         &cal_path,
@@ -2357,4 +2370,329 @@ fn resize_matches_pillow_bilinear_issue16() {
             diffs.len()
         );
     }
+}
+
+// ---- on the line, day to day: watchdog, metrics, status page (issue 18) ----
+
+use std::time::Duration;
+
+/// Listens on a notify socket of its own and collects what `run` sends, with arrival times.
+fn notify_listener(
+    path: &Path,
+) -> std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>> {
+    let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind notify socket");
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = socket.recv(&mut buf) {
+            let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if let Ok(mut g) = sink.lock() {
+                g.push((std::time::Instant::now(), message));
+            }
+        }
+    });
+    got
+}
+
+#[test]
+fn watchdog_pings_while_the_pipeline_progresses_and_stops_when_it_hangs_issue18() {
+    let dir = temp_dir("watchdog");
+    let socket = dir.join("notify.sock");
+    let got = notify_listener(&socket);
+    let source = replay_folder("watchdog-source");
+    let (mut child, mut stdin, mut stdout) = spawn_piped(
+        efficientad()
+            .args(run_args(&source))
+            .args(["--inject-faults", "hang=3"])
+            .env("NOTIFY_SOCKET", &socket)
+            .env("WATCHDOG_USEC", "400000"),
+    );
+    for id in ["w1", "w2"] {
+        assert_eq!(ask(&mut stdin, &mut stdout, id)["id"], id);
+    }
+    // Idle, waiting for triggers: not a stall, the pings go on.
+    let idle_from = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(1200));
+    // The third grab hangs for good.
+    stdin.write_all(b"w3\n").expect("write");
+    stdin.flush().expect("flush");
+    let hang_from = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(1800));
+    let _ = child.kill();
+    let _ = child.wait();
+    let messages = got.lock().expect("messages").clone();
+    let texts: Vec<&str> = messages.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(texts.first(), Some(&"READY=1"), "{texts:?}");
+    let pings_between = |from: std::time::Instant, to: std::time::Instant| {
+        messages
+            .iter()
+            .filter(|(t, m)| m == "WATCHDOG=1" && *t >= from && *t < to)
+            .count()
+    };
+    // Every 200 ms while idle: about 6 in 1.2 s.
+    let idle = pings_between(idle_from, hang_from);
+    assert!(idle >= 4, "{idle} pings while idle: {texts:?}");
+    // Stuck for longer than the 400 ms interval: no ping after 400 ms + one period + slack.
+    let late = pings_between(
+        hang_from + Duration::from_millis(750),
+        std::time::Instant::now(),
+    );
+    assert_eq!(late, 0, "pings went on while the grab hung: {texts:?}");
+}
+
+/// One HTTP/1.1 request; the status line and the body.
+fn http(addr: &str, request: &str) -> (String, Vec<u8>) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut response).expect("read");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.lines().next().unwrap_or("").to_owned();
+    (status, response[split + 4..].to_vec())
+}
+
+fn get(addr: &str, path: &str) -> (String, Vec<u8>) {
+    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"))
+}
+
+/// `run --http` on an ephemeral port, with a calibration whose threshold is the median score
+/// of the replay folder's parts (so some are NG); returns the child, its pipes and the address.
+fn run_with_http(
+    name: &str,
+    extra: &[&str],
+) -> (Child, ChildStdin, BufReader<ChildStdout>, String) {
+    let source = replay_folder(name);
+    let cal_path = source.join("../http-cal.json");
+    threshold_below(&first_files(&source, 3), 2, &cal_path);
+    let (mut child, stdin, stdout) = spawn_piped(
+        efficientad()
+            .args([
+                "run",
+                "--provider",
+                "cpu",
+                "--fps",
+                "0",
+                "--http",
+                "127.0.0.1:0",
+                "--model",
+            ])
+            .arg(small_bundle())
+            .arg("--calibration")
+            .arg(&cal_path)
+            .arg("--source")
+            .arg(format!("dir:{}", source.display()))
+            .args(extra),
+    );
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut log = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).expect("stderr") > 0,
+            "no address: {log}"
+        );
+        log.push_str(&line);
+        if let Some(rest) = line.split("http://").nth(1) {
+            break rest.trim().trim_end_matches('/').to_owned();
+        }
+    };
+    // Keep draining stderr so the run never blocks on it.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, stdin, stdout, addr)
+}
+
+/// The value of one sample line of a Prometheus text exposition.
+fn sample(metrics: &str, name_and_labels: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name_and_labels} missing in:\n{metrics}"))
+        .trim()
+        .parse()
+        .expect("number")
+}
+
+#[test]
+fn http_metrics_health_and_ng_overlays_follow_the_answers_issue18() {
+    let (mut child, mut stdin, mut stdout, addr) =
+        run_with_http("http-metrics", &["--inject-faults", "disconnect=9"]);
+    // 8 triggers: the replay folder's 3 parts and its broken file, twice.
+    let answers: Vec<Value> = (1..=8)
+        .map(|i| ask(&mut stdin, &mut stdout, &format!("h{i}")))
+        .collect();
+    let count = |v: &str| answers.iter().filter(|a| a["verdict"] == v).count() as f64;
+    let (status, body) = get(&addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let metrics = String::from_utf8(body).expect("utf-8");
+    assert_eq!(
+        sample(&metrics, r#"efficientad_answers_total{verdict="OK"}"#),
+        count("OK")
+    );
+    assert_eq!(
+        sample(&metrics, r#"efficientad_answers_total{verdict="NG"}"#),
+        count("NG")
+    );
+    assert_eq!(
+        sample(&metrics, r#"efficientad_answers_total{verdict="ERROR"}"#),
+        count("ERROR")
+    );
+    assert_eq!(
+        sample(&metrics, r#"efficientad_errors_total{kind="bad frame"}"#),
+        2.0
+    );
+    assert!(count("NG") >= 2.0, "{answers:?}");
+    let judged = count("OK") + count("NG");
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"efficientad_latency_seconds_count{stage="total"}"#
+        ),
+        judged
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"efficientad_latency_seconds_bucket{stage="total",le="+Inf"}"#
+        ),
+        judged
+    );
+    let sum: f64 = answers
+        .iter()
+        .filter(|a| a["verdict"] != "ERROR")
+        .map(|a| a["latency_ms"]["total"].as_f64().expect("total") / 1000.0)
+        .sum();
+    let got = sample(
+        &metrics,
+        r#"efficientad_latency_seconds_sum{stage="total"}"#,
+    );
+    assert!(
+        (got - sum).abs() < 1e-6,
+        "latency sum {got} vs the answers' {sum}"
+    );
+    let info: Value = serde_json::from_str(
+        &std::fs::read_to_string(small_bundle().join("model.json")).expect("read"),
+    )
+    .expect("json");
+    let sha = info["model_sha256"].as_str().expect("sha");
+    assert!(
+        metrics.contains(&format!("model_sha256=\"{sha}\"")),
+        "{metrics}"
+    );
+    assert_eq!(sample(&metrics, "efficientad_camera_up"), 1.0);
+    assert_eq!(get(&addr, "/healthz").0, "HTTP/1.1 200 OK");
+
+    // The status data lists the NG parts, newest first, and each overlay is a PNG of the
+    // network input's size.
+    let (_, body) = get(&addr, "/status.json");
+    let status: Value = serde_json::from_slice(&body).expect("json");
+    let ng_seqs: Vec<u64> = answers
+        .iter()
+        .filter(|a| a["verdict"] == "NG")
+        .map(|a| a["seq"].as_u64().expect("seq"))
+        .rev()
+        .collect();
+    let listed: Vec<u64> = status["last_ng"]
+        .as_array()
+        .expect("last_ng")
+        .iter()
+        .map(|p| p["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(listed, ng_seqs, "{status}");
+    let (png_status, png) = get(&addr, &format!("/ng/{}.png", ng_seqs[0]));
+    assert_eq!(png_status, "HTTP/1.1 200 OK");
+    let overlay = image::load_from_memory(&png).expect("png").to_rgb8();
+    assert_eq!(overlay.dimensions(), (256, 256));
+
+    // Bad requests are refused with 4xx, and the server goes on.
+    assert_eq!(get(&addr, "/nope").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(get(&addr, "/ng/999999.png").0, "HTTP/1.1 404 Not Found");
+    assert_eq!(
+        http(&addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0,
+        "HTTP/1.1 405 Method Not Allowed"
+    );
+    assert_eq!(http(&addr, "hello\r\n\r\n").0, "HTTP/1.1 400 Bad Request");
+    let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+    assert_eq!(http(&addr, &huge).0, "HTTP/1.1 400 Bad Request");
+
+    // The 9th grab loses the camera: unhealthy (503) until it is back.
+    let lost = ask(&mut stdin, &mut stdout, "h9");
+    assert!(
+        lost["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("camera unavailable")),
+        "{lost}"
+    );
+    let (status, body) = get(&addr, "/healthz");
+    assert_eq!(
+        status,
+        "HTTP/1.1 503 Service Unavailable",
+        "{}",
+        text(&body)
+    );
+    assert_eq!(
+        sample(&text(&get(&addr, "/metrics").1), "efficientad_camera_up"),
+        0.0
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let back = ask(&mut stdin, &mut stdout, "h10");
+    assert_ne!(back["verdict"], "ERROR", "{back}");
+    assert_eq!(get(&addr, "/healthz").0, "HTTP/1.1 200 OK");
+    assert_eq!(
+        sample(
+            &text(&get(&addr, "/metrics").1),
+            "efficientad_reconnects_total"
+        ),
+        1.0
+    );
+    drop(stdin);
+    let status = child.wait().expect("wait");
+    assert!(status.success());
+}
+
+/// The status page in a real headless browser (Debian's chromium; `.ci/run` installs it): its
+/// script loads the status, shows the counts, and every NG part's overlay image loads.
+#[test]
+fn status_page_shows_counts_and_ng_overlays_in_a_browser_issue18() {
+    assert!(
+        have("chromium"),
+        "chromium is missing: apt-get install chromium (.ci/run does)"
+    );
+    let (mut child, mut stdin, mut stdout, addr) = run_with_http("http-page", &[]);
+    let answers: Vec<Value> = (1..=4)
+        .map(|i| ask(&mut stdin, &mut stdout, &format!("p{i}")))
+        .collect();
+    let ng = answers.iter().filter(|a| a["verdict"] == "NG").count();
+    let ok = answers.iter().filter(|a| a["verdict"] == "OK").count();
+    assert!(ng >= 1, "{answers:?}");
+    let profile = temp_dir("chromium-profile");
+    let output = run(Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(format!("http://{addr}/")));
+    let dom = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        dom.contains(&format!("<b id=\"ok\" class=\"ok\">{ok}</b>"))
+            && dom.contains(&format!("<b id=\"ng\" class=\"ng\">{ng}</b>")),
+        "counts not shown: {dom}"
+    );
+    let loaded = dom.matches("<figure class=\"loaded\">").count();
+    assert_eq!(loaded, ng, "every NG overlay loads: {dom}");
+    drop(stdin);
+    assert!(child.wait().expect("wait").success());
 }

@@ -84,6 +84,7 @@ pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
         engine,
         calibration,
         heatmaps: Some(heatmaps),
+        monitor: None,
         options: PipelineOptions {
             frame_timeout: Duration::from_secs(5),
             ..PipelineOptions::default()

@@ -3,6 +3,8 @@
 
 use std::io::BufReader;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -12,6 +14,8 @@ use efficientad::bundle::Bundle;
 use efficientad::calibration::Calibration;
 use efficientad::engine::Engine;
 use efficientad::inspect::{HeatmapSink, Verdict};
+use efficientad::monitor::Monitor;
+use efficientad::notify::{Notifier, watchdog, watchdog_interval};
 use efficientad::pipeline::{
     DEFAULT_MAX_TRIGGER_AGE, Mode, Pipeline, PipelineOptions, TriggerMode,
 };
@@ -78,6 +82,10 @@ pub struct RunArgs {
     /// USB frame format: mjpeg or yuyv.
     #[arg(long, value_name = "FORMAT")]
     pub usb_format: Option<String>,
+    /// Serve /metrics (Prometheus), /healthz and a live status page at this address, e.g.
+    /// 127.0.0.1:9464 (off by default; it listens only where told).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     /// Test aid: make every Nth grab fail, e.g. disconnect=97,stall=50,drop=7,garbage=11
     /// (README: Tests).
     #[arg(long, value_name = "PLAN", hide = true)]
@@ -167,10 +175,35 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             return Err(e);
         }
     };
+    // Supervision: the HTTP endpoint and the systemd watchdog read the pipeline's monitor.
+    let interval = watchdog_interval();
+    let stall_limit = interval
+        .unwrap_or_else(|| (2 * pipeline.options.frame_timeout).max(Duration::from_secs(5)));
+    let monitor = pipeline.monitor.clone();
+    if let (Some(addr), Some(m)) = (&args.http, &monitor) {
+        let local = efficientad::http::serve(addr, m.clone(), stall_limit)?;
+        eprintln!("efficientad: status page and metrics at http://{local}/");
+    }
+    let notifier = Notifier::from_env().map(Arc::new);
+    let done = Arc::new(AtomicBool::new(false));
+    let mut watchdog_thread = None;
+    if let Some(n) = &notifier {
+        n.send("READY=1");
+        if let (Some(interval), Some(m)) = (interval, &monitor) {
+            watchdog_thread = Some(watchdog(n.clone(), m.clone(), interval, done.clone()));
+        }
+    }
     let stdout = std::io::stdout();
     let summary = pipeline
         .run(mode, shutdown, &mut stdout.lock(), &mut |_| {})
         .context("writing answers to stdout")?;
+    done.store(true, Ordering::SeqCst);
+    if let Some(n) = &notifier {
+        n.send("STOPPING=1");
+    }
+    if let Some(t) = watchdog_thread {
+        let _ = t.join();
+    }
     eprintln!("efficientad: {}", summary.line());
     // A line session that ends on EOF or a signal ends normally (exit 0) even when some
     // triggers were answered ERROR: those answers and the summary carry the errors, and a
@@ -198,12 +231,19 @@ fn setup(args: &RunArgs) -> anyhow::Result<Pipeline> {
         bundle.info.name,
         engine.provider()
     );
+    let monitor = Monitor::new(
+        &bundle.info.name,
+        &bundle.info.model_sha256,
+        calibration.threshold,
+        &source.describe(),
+    );
     Ok(Pipeline {
         source,
         engine,
         calibration,
         heatmaps,
         options: args.pipeline_options(),
+        monitor: Some(Arc::new(monitor)),
     })
 }
 

@@ -10,6 +10,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use anyhow::{Context, bail};
 use clap::Args;
 use efficientad::source::faults::FaultPlan;
@@ -36,12 +40,18 @@ pub struct SoakArgs {
     /// Nth grab fails that way.
     #[arg(long, value_name = "PLAN")]
     pub faults: Option<FaultPlan>,
+    /// Also start the run's HTTP endpoint (`--http`, on a free local port) and poll it ten
+    /// times a second (/metrics, /status.json, / in turn) throughout: the latency cost of
+    /// being watched.
+    #[arg(long)]
+    pub poll_http: bool,
     /// Frame timeout of the run, milliseconds (a stall lasts this long).
     #[arg(long, value_name = "MS", default_value_t = 200)]
     pub frame_timeout_ms: u64,
-    /// Allowed growth of the run's resident memory from the middle of the soak (the first
-    /// half warms up allocator arenas and ONNX Runtime's buffers) to the end, MiB: a leak
-    /// grows with every trigger, so it shows in the second half.
+    /// Allowed leak, MiB: the run's resident memory is sampled at a third, two thirds and the
+    /// end of the soak, and the leak is twice the smaller of the two later growths. A leak
+    /// grows with every trigger, so in both thirds alike; a one-time step (an allocator arena
+    /// or ONNX Runtime's buffer pool growing once, seen as +25.6 MiB here) shows in one only.
     #[arg(long, default_value_t = 16.0)]
     pub max_growth_mib: f64,
 }
@@ -125,13 +135,16 @@ pub fn run(args: SoakArgs) -> anyhow::Result<Outcome> {
         .arg(&args.calibration)
         .arg("--source")
         .arg(&args.source);
+    if args.poll_http {
+        command.args(["--http", "127.0.0.1:0"]);
+    }
     if let Some(threads) = args.engine.threads {
         command.arg("--threads").arg(threads.to_string());
     }
     if let Some(plan) = args.faults {
         command.arg("--inject-faults").arg(format!(
-            "disconnect={},stall={},drop={},garbage={}",
-            plan.disconnect, plan.stall, plan.drop, plan.garbage
+            "disconnect={},stall={},drop={},garbage={},hang={}",
+            plan.disconnect, plan.stall, plan.drop, plan.garbage, plan.hang
         ));
     }
     let mut child = command
@@ -145,9 +158,14 @@ pub fn run(args: SoakArgs) -> anyhow::Result<Outcome> {
     let stdout = BufReader::new(child.stdout.take().context("run's stdout")?);
     let stderr = BufReader::new(child.stderr.take().context("run's stderr")?);
     // The run's log, kept (last lines) for the report; reading it keeps the pipe flowing.
+    // The HTTP address, when asked for, comes from the line that announces it.
+    let (addr_tx, addr_rx) = crossbeam_channel::bounded::<String>(1);
     let log = std::thread::spawn(move || {
         let mut last: Vec<String> = Vec::new();
         for line in stderr.lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("http://").nth(1) {
+                let _ = addr_tx.try_send(addr.trim().trim_end_matches('/').to_owned());
+            }
             if last.len() == 20 {
                 last.remove(0);
             }
@@ -155,6 +173,11 @@ pub fn run(args: SoakArgs) -> anyhow::Result<Outcome> {
         }
         last
     });
+    let polling = Arc::new(AtomicBool::new(args.poll_http));
+    let poller = {
+        let polling = polling.clone();
+        std::thread::spawn(move || poll(&addr_rx, &polling))
+    };
     let n = args.triggers;
     let period = (args.rate > 0.0).then(|| std::time::Duration::from_secs_f64(1.0 / args.rate));
     // The run reads and queues triggers as they come, however fast.
@@ -174,16 +197,18 @@ pub fn run(args: SoakArgs) -> anyhow::Result<Outcome> {
         out.flush()
     });
     let started = Instant::now();
-    let warm_at = (n / 2).max(1);
+    let thirds = [(n / 3).max(1), (2 * n / 3).max(1)];
     let mut tally = Tally::default();
-    let mut rss_warm = f64::NAN;
+    let mut rss_thirds = [f64::NAN; 2];
     let mut rss_peak: f64 = 0.0;
     let mut lines = stdout.lines();
     while tally.answers < n {
         let Some(Ok(line)) = lines.next() else { break };
         tally.record(&line, tally.answers + 1);
-        if tally.answers == warm_at {
-            rss_warm = rss_mib(pid);
+        for (at, rss) in thirds.iter().zip(rss_thirds.iter_mut()) {
+            if tally.answers == *at {
+                *rss = rss_mib(pid);
+            }
         }
         if tally.answers.is_multiple_of(100) {
             rss_peak = rss_peak.max(rss_mib(pid));
@@ -191,21 +216,25 @@ pub fn run(args: SoakArgs) -> anyhow::Result<Outcome> {
     }
     let rss_end = rss_mib(pid);
     let seconds = started.elapsed().as_secs_f64();
+    polling.store(false, Ordering::SeqCst);
+    let (http_ok, http_failed) = poller.join().unwrap_or_default();
     let written = writer.join();
     // EOF (stdin closed with the writer) ends the run: nothing more may come.
     let extra = lines.map_while(Result::ok).count() as u64;
     let status = child.wait().context("waiting for `run`")?;
     let log = log.join().unwrap_or_default();
-    let growth = rss_end - rss_warm;
+    let growths = [rss_thirds[1] - rss_thirds[0], rss_end - rss_thirds[1]];
+    let growth = 2.0 * growths[0].min(growths[1]);
     let lost = n.saturating_sub(tally.answers);
     let report = serde_json::json!({
         "triggers": n, "answers": tally.answers, "lost": lost, "extra": extra,
         "out_of_order": tally.out_of_order, "wrong_id": tally.wrong_id, "unparsable": tally.unparsable,
         "ok": tally.ok, "ng": tally.ng, "errors": tally.errors,
         "faults": args.faults.map(|p| format!("{p:?}")),
-        "rss_at_half_mib": rss_warm, "rss_end_mib": rss_end, "rss_peak_mib": rss_peak.max(rss_end),
-        "rss_growth_mib": growth, "p50_ms": tally.percentile(0.5), "p99_ms": tally.percentile(0.99),
+        "rss_at_thirds_mib": rss_thirds, "rss_end_mib": rss_end, "rss_peak_mib": rss_peak.max(rss_end),
+        "rss_growth_by_third_mib": growths, "rss_growth_mib": growth, "p50_ms": tally.percentile(0.5), "p99_ms": tally.percentile(0.99),
         "seconds": seconds, "rate_hz": args.rate, "run_exit": status.code(),
+        "http_requests": http_ok, "http_failures": http_failed,
     });
     println!("{report}");
     if !matches!(written, Ok(Ok(()))) && lost > 0 {
@@ -230,7 +259,9 @@ pub fn run(args: SoakArgs) -> anyhow::Result<Outcome> {
     }
     if growth > args.max_growth_mib {
         bail!(
-            "run's resident memory grew by {growth:.1} MiB over the second half (limit {} MiB)",
+            "run's resident memory grows steadily: {:.1} and {:.1} MiB over the last two thirds (leak estimate {growth:.1} MiB, limit {} MiB)",
+            growths[0],
+            growths[1],
             args.max_growth_mib
         );
     }
@@ -240,4 +271,38 @@ pub fn run(args: SoakArgs) -> anyhow::Result<Outcome> {
     } else {
         Outcome::SomeErrors
     })
+}
+
+/// Polls the run's HTTP endpoint ten times a second while `polling`; (answered 200, failed).
+fn poll(addr: &crossbeam_channel::Receiver<String>, polling: &AtomicBool) -> (u64, u64) {
+    if !polling.load(Ordering::SeqCst) {
+        return (0, 0);
+    }
+    let Ok(addr) = addr.recv_timeout(Duration::from_secs(60)) else {
+        return (0, 0);
+    };
+    let (mut ok, mut failed) = (0, 0);
+    let paths = ["/metrics", "/status.json", "/"];
+    let mut i = 0;
+    while polling.load(Ordering::SeqCst) {
+        let t0 = Instant::now();
+        let answered = std::net::TcpStream::connect(&addr).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            write!(
+                s,
+                "GET {} HTTP/1.1\r\nHost: soak\r\n\r\n",
+                paths[i % paths.len()]
+            )?;
+            let mut response = Vec::new();
+            std::io::Read::read_to_end(&mut s, &mut response)?;
+            Ok(response.starts_with(b"HTTP/1.1 200"))
+        });
+        match answered {
+            Ok(true) => ok += 1,
+            _ => failed += 1,
+        }
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(t0.elapsed()));
+    }
+    (ok, failed)
 }

@@ -1,11 +1,13 @@
 //! The capture thread: owns the source, turns each trigger (or, free-running, each frame) into
 //! one job, and reconnects a lost camera with a doubling backoff.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, select};
 
 use super::PipelineOptions;
+use crate::monitor::{Monitor, Stage};
 use crate::ms;
 use crate::protocol::{Trigger, TriggerId};
 use crate::source::{Frame, FrameSource, SourceError};
@@ -43,15 +45,21 @@ pub(super) struct Capture {
     /// When the pipeline started taking triggers: the age of a trigger that arrived while
     /// the model was still loading counts from here.
     started: Instant,
+    monitor: Option<Arc<Monitor>>,
 }
 
 impl Capture {
-    pub fn new(source: Box<dyn FrameSource>, options: PipelineOptions) -> Self {
+    pub fn new(
+        source: Box<dyn FrameSource>,
+        options: PipelineOptions,
+        monitor: Option<Arc<Monitor>>,
+    ) -> Self {
         Self {
             source,
             options,
             down: None,
             started: Instant::now(),
+            monitor,
         }
     }
 
@@ -66,13 +74,20 @@ impl Capture {
                 return Err(FrameError::Reconnecting);
             }
         }
-        match self.source.grab(self.options.frame_timeout) {
+        let grabbed = {
+            let _busy = self.monitor.as_ref().map(|m| m.busy(Stage::Capture));
+            self.source.grab(self.options.frame_timeout)
+        };
+        match grabbed {
             Ok(f) => Ok(f),
             Err(SourceError::Disconnected(reason)) => {
                 eprintln!(
                     "efficientad: {} lost: {reason}; reconnecting",
                     self.source.describe()
                 );
+                if let Some(m) = &self.monitor {
+                    m.camera_lost();
+                }
                 self.down = Some((Instant::now() + self.options.backoff, self.options.backoff));
                 Err(SourceError::Disconnected(reason).into())
             }
@@ -103,6 +118,9 @@ impl Capture {
             Ok(()) => {
                 eprintln!("efficientad: {} reconnected", self.source.describe());
                 self.down = None;
+                if let Some(m) = &self.monitor {
+                    m.camera_back();
+                }
             }
             Err(e) => {
                 let delay = (delay * 2).min(self.options.max_backoff);
@@ -167,6 +185,7 @@ pub(super) fn free_run(
     jobs: Sender<Job>,
     dropped: Sender<()>,
 ) {
+    let monitor = cap.monitor.clone();
     let mut seq = 0;
     loop {
         if shutdown.try_recv().is_ok() {
@@ -194,6 +213,9 @@ pub(super) fn free_run(
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 let _ = dropped.send(());
+                if let Some(m) = &monitor {
+                    m.frame_dropped();
+                }
             }
             Err(TrySendError::Disconnected(_)) => return,
         }

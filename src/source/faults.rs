@@ -22,12 +22,14 @@ pub struct FaultPlan {
     /// Every Nth grab delivers garbage: alternately an empty image and a noise image of an odd
     /// size.
     pub garbage: u64,
+    /// The Nth grab never returns (a driver that hangs): what the systemd watchdog is for.
+    pub hang: u64,
 }
 
 impl FromStr for FaultPlan {
     type Err = String;
 
-    /// `disconnect=97,stall=50,drop=7,garbage=11` (any subset, any order).
+    /// `disconnect=97,stall=50,drop=7,garbage=11,hang=500` (any subset, any order).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let mut plan = FaultPlan::default();
         for part in text.split(',').filter(|p| !p.trim().is_empty()) {
@@ -43,9 +45,10 @@ impl FromStr for FaultPlan {
                 "stall" => plan.stall = n,
                 "drop" => plan.drop = n,
                 "garbage" => plan.garbage = n,
+                "hang" => plan.hang = n,
                 other => {
                     return Err(format!(
-                        "`{other}` is not a fault; use disconnect, stall, drop or garbage"
+                        "`{other}` is not a fault; use disconnect, stall, drop, garbage or hang"
                     ));
                 }
             }
@@ -81,6 +84,11 @@ impl FrameSource for FaultySource {
     fn grab(&mut self, timeout: Duration) -> Result<Frame, SourceError> {
         self.grabs += 1;
         let n = self.grabs;
+        if self.plan.hang > 0 && n == self.plan.hang {
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
         if fires(self.plan.disconnect, n) {
             return Err(SourceError::Disconnected("injected disconnect".into()));
         }
@@ -139,9 +147,11 @@ mod tests {
                 disconnect: 97,
                 stall: 5,
                 drop: 7,
-                garbage: 11
+                garbage: 11,
+                hang: 0
             }
         );
+        assert_eq!("hang=3".parse::<FaultPlan>().map(|p| p.hang), Ok(3));
         assert_eq!("".parse(), Ok(FaultPlan::default()));
         assert!("stall".parse::<FaultPlan>().is_err());
         assert!("stall=x".parse::<FaultPlan>().is_err());
