@@ -768,12 +768,23 @@ fn replay_folder(name: &str) -> PathBuf {
     dir
 }
 
-/// `run` on the small model and its calibration, replaying `source` as fast as asked.
+/// `run` on the small model and its calibration, replaying `source` as fast as asked. The
+/// tests that use it send bursts to check order and completeness; under emulation (~120x
+/// slower) a burst's tail would age past `--max-trigger-age-ms`, whose own test sets it.
 fn run_args(source: &Path) -> Vec<std::ffi::OsString> {
-    let mut args: Vec<std::ffi::OsString> = ["run", "--provider", "cpu", "--fps", "0", "--model"]
-        .iter()
-        .map(Into::into)
-        .collect();
+    let mut args: Vec<std::ffi::OsString> = [
+        "run",
+        "--provider",
+        "cpu",
+        "--fps",
+        "0",
+        "--max-trigger-age-ms",
+        "0",
+        "--model",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
     args.push(small_bundle().into());
     args.push("--calibration".into());
     args.push(small_calibration().into());
@@ -1004,6 +1015,8 @@ fn soak(name: &str, args: &[&str]) -> Value {
     }
     let output = run(efficientad()
         .args(["soak", "--provider", "cpu"])
+        // Under emulation the run it starts needs the emulator too.
+        .args(runner().map(|r| format!("--runner={r}")))
         .args(args)
         .arg("--model")
         .arg(small_bundle())

@@ -45,6 +45,10 @@ pub struct SoakArgs {
     /// being watched.
     #[arg(long)]
     pub poll_http: bool,
+    /// Start `run` through this program (e.g. qemu-aarch64, for tests of another
+    /// architecture under emulation).
+    #[arg(long, value_name = "PROGRAM", hide = true)]
+    pub runner: Option<PathBuf>,
     /// Frame timeout of the run, milliseconds (a stall lasts this long).
     #[arg(long, value_name = "MS", default_value_t = 200)]
     pub frame_timeout_ms: u64,
@@ -122,7 +126,14 @@ impl Tally {
 
 pub fn run(args: SoakArgs) -> anyhow::Result<Outcome> {
     let exe = std::env::current_exe().context("finding this program to start `run`")?;
-    let mut command = Command::new(exe);
+    let mut command = match &args.runner {
+        Some(runner) => {
+            let mut c = Command::new(runner);
+            c.arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
     command
         .args(["run", "--fps", "0", "--max-trigger-age-ms", "0"])
         .arg("--frame-timeout-ms")
