@@ -41,9 +41,15 @@ pub fn serve(
     let listener = TcpListener::bind(addr).map_err(|e| err(e.to_string()))?;
     let local = listener.local_addr().map_err(|e| err(e.to_string()))?;
     std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            // A client that misbehaves costs at most the timeouts, never the server.
-            let _ = handle(stream, &monitor, stall_limit);
+        for stream in listener.incoming() {
+            match stream {
+                // A client that misbehaves costs at most the timeouts, never the server.
+                Ok(stream) => {
+                    let _ = handle(stream, &monitor, stall_limit);
+                }
+                // Out of file descriptors and the like: wait instead of spinning.
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
         }
     });
     Ok(local)

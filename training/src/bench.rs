@@ -36,6 +36,8 @@ pub struct BenchConfig {
     /// Images per distillation step.
     pub distill_batch: usize,
     pub backend: Backend,
+    /// With `backend` wgpu: accept a software Vulkan adapter.
+    pub allow_cpu_adapter: bool,
     /// Run the PyTorch reference scripts (when python3 can import torch).
     pub torch: bool,
     /// Folder of the PyTorch scripts (`torch_step.py`, `torch_distill.py`).
@@ -89,7 +91,10 @@ pub fn bench_fit(
     config: &BenchConfig,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Timing, BenchError> {
-    let plain = config.backend.device().map_err(BenchError::Other)?;
+    let plain = config
+        .backend
+        .device(config.allow_cpu_adapter)
+        .map_err(BenchError::Other)?;
     let device = plain.clone().autodiff();
     let (train_files, _, _) = data::split(&config.dataset)?;
     let penalty_files = data::folder_files(&config.natural_images)?;
@@ -170,7 +175,7 @@ pub fn bench_distill(
 ) -> Result<Timing, BenchError> {
     let device = config
         .backend
-        .device()
+        .device(config.allow_cpu_adapter)
         .map_err(BenchError::Other)?
         .autodiff();
     let files = data::folder_files(&config.natural_images)?;

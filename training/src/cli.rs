@@ -4,6 +4,7 @@
 mod bench;
 mod demo_samples;
 mod distill_teacher;
+mod doctor;
 mod export;
 mod fit;
 mod import_teacher;
@@ -30,6 +31,9 @@ fn parse_variant(text: &str) -> Result<Variant, String> {
 
 #[derive(Subcommand)]
 enum Command {
+    /// What training can compute on: the CPU backend, and (built with --features wgpu) the
+    /// Vulkan adapters, the one `--device wgpu` takes, and what to install when there is none.
+    Doctor,
     /// Distill a PDN teacher from an ONNX backbone (input `image` [N,3,H,W] in [0,1]; a finer
     /// and a coarser feature output) on natural images.
     DistillTeacher(distill_teacher::DistillArgs),
@@ -56,6 +60,7 @@ enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Doctor => doctor::run(),
         Command::DistillTeacher(args) => distill_teacher::run(args),
         Command::Fit(args) => fit::run(args),
         Command::Bench(args) => bench::run(args),

@@ -53,6 +53,8 @@ pub struct DistillConfig {
     /// Also save the teacher every this many steps (`<out>.step<N>.bpk`), so that one run
     /// yields teachers of several distillation budgets; 0 saves only at the end.
     pub save_every: usize,
+    /// With `backend` wgpu: accept a software Vulkan adapter.
+    pub allow_cpu_adapter: bool,
 }
 
 /// Seed offset of the statistics sample: independent of the draws of the steps.
@@ -192,7 +194,7 @@ pub fn distill(
     let mut backbone = Backbone::open(&config.backbone)?;
     let device = config
         .backend
-        .device()
+        .device(config.allow_cpu_adapter)
         .map_err(DistillError::Other)?
         .autodiff();
     let mut rng = Rng::new(config.seed);

@@ -73,6 +73,9 @@ pub struct FitConfig {
     /// Report the model for a quality check every this many steps (0: never).
     #[serde(default)]
     pub eval_every: usize,
+    /// With `backend` wgpu: accept a software Vulkan adapter.
+    #[serde(default)]
+    pub allow_cpu_adapter: bool,
 }
 
 fn io(e: impl std::fmt::Display) -> TrainError {
@@ -147,7 +150,10 @@ impl Run {
         resume: bool,
         events: &mut dyn FnMut(Event<'_>),
     ) -> Result<Self, TrainError> {
-        let plain = config.backend.device().map_err(TrainError::Io)?;
+        let plain = config
+            .backend
+            .device(config.allow_cpu_adapter)
+            .map_err(TrainError::Io)?;
         let device = plain.clone().autodiff();
         let work = Work {
             dir: config.work.clone(),

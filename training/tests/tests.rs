@@ -790,6 +790,7 @@ fn fit_config(
         train_limit: None,
         backend: efficientad_training::backend::Backend::Cpu,
         eval_every: 0,
+        allow_cpu_adapter: false,
     }
 }
 
@@ -1303,4 +1304,166 @@ fn plot_draws_the_quality_curves_of_runs_issue13() {
         .expect("run plot");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--eval-every"));
+}
+
+// ---- the wgpu backend on a software Vulkan adapter (issue 14) ----
+//
+// Built only with `--features wgpu`; `.ci/run` installs Mesa's lavapipe and runs these. The
+// tolerances: the GPU path computes in f32 like the CPU path but sums in other orders (tiled
+// shader reductions against SIMD loops), which moves a map or a loss by ~1e-6 relative per
+// operation; after a few Adam steps — whose first updates are ±lr per weight whatever the
+// gradient's size — losses may differ by ~1e-4. 1e-3 leaves room without hiding a wrong op
+// (a wrong operation moves them by percents).
+
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Device {
+    efficientad_training::backend::Backend::Wgpu
+        .device(true)
+        .unwrap_or_else(|e| panic!("{e} (.ci/run installs mesa-vulkan-drivers for lavapipe)"))
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_doctor_names_the_adapter_and_a_software_one_needs_consent_issue14() {
+    let doctor = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+        .arg("doctor")
+        .output()
+        .expect("doctor");
+    let out = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "{out}");
+    assert!(
+        out.contains("wgpu adapter: llvmpipe") && out.contains("Cpu, Vulkan"),
+        "{out}"
+    );
+    // Without --allow-cpu-adapter a fit on it is refused, saying how to allow it.
+    let (teacher, dataset, penalty) = tiny_setup("wgpu-refuse", true);
+    let base = teacher.parent().expect("dir").to_owned();
+    let refused = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+        .args(["fit", "--steps", "1", "--device", "wgpu", "--teacher"])
+        .arg(&teacher)
+        .arg("--dataset")
+        .arg(&dataset)
+        .arg("--penalty-images")
+        .arg(&penalty)
+        .arg("--out")
+        .arg(base.join("onnx/w"))
+        .arg("--work")
+        .arg(base.join("runs/w"))
+        .output()
+        .expect("fit");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--allow-cpu-adapter") && stderr.contains("llvmpipe"),
+        "{stderr}"
+    );
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_fit_steps_equal_the_cpu_backend_and_export_to_onnx_runtime_issue14() {
+    use efficientad_training::backend::Backend;
+    use efficientad_training::train::{read_log, stop_flag, train};
+    let (teacher, dataset, penalty) = tiny_setup("wgpu-fit", true);
+    let base = teacher.parent().expect("dir").to_owned();
+    let mut runs = Vec::new();
+    for (backend, name) in [(Backend::Cpu, "cpu"), (Backend::Wgpu, "wgpu")] {
+        let mut config = fit_config(&teacher, &dataset, &penalty, &base.join(name), 3);
+        config.backend = backend;
+        config.allow_cpu_adapter = true;
+        config.checkpoint_every = 0;
+        let trained = train(&config, false, stop_flag(), &mut |_| {}).expect("train");
+        runs.push((trained, read_log(&base.join(name).join("log.jsonl"))));
+    }
+    let (cpu_log, wgpu_log) = (&runs[0].1, &runs[1].1);
+    assert_eq!(cpu_log.len(), 3);
+    assert_eq!(wgpu_log.len(), 3);
+    for (c, g) in cpu_log.iter().zip(wgpu_log) {
+        for key in ["hard", "penalty", "ae", "stae", "total"] {
+            let (a, b) = (
+                c[key].as_f64().expect("cpu loss"),
+                g[key].as_f64().expect("wgpu loss"),
+            );
+            assert!(
+                close(a, b, 1e-3),
+                "step {}: {key} {a} on the CPU, {b} on wgpu",
+                c["step"]
+            );
+        }
+    }
+    // The wgpu-trained model exported: ONNX Runtime reproduces its maps, and they equal the
+    // CPU-trained model's within the same tolerance.
+    let wgpu = wgpu_device();
+    let (trained, _) = &runs[1];
+    let dir = base.join("wgpu-bundle");
+    export_bundle(&trained.model, &trained.info, &dir).expect("export");
+    let bundle = Bundle::open(&dir).expect("bundle");
+    let batch = batch_u8(&mtd_images(1), 256);
+    let ort = cpu_engine(&bundle).run(&batch, 1).expect("ORT");
+    let maps = trained.model.maps(batch_tensor(&batch, 1, 256, &wgpu));
+    let (st, ae) = (to_vec(maps.st), to_vec(maps.ae));
+    let (e_st, e_ae) = (rel_diff(&ort.st, &st), rel_diff(&ort.ae, &ae));
+    assert!(e_st < 1e-3 && e_ae < 1e-3, "map_st {e_st}, map_ae {e_ae}");
+    let cpu_maps = runs[0]
+        .0
+        .model
+        .maps(batch_tensor(&batch, 1, 256, &Device::flex()));
+    let e = rel_diff(&to_vec(cpu_maps.st), &st);
+    assert!(e < 1e-3, "CPU- and wgpu-trained map_st differ by {e}");
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_distillation_step_equals_the_cpu_backend_issue14() {
+    let dir = temp_dir("wgpu-distill");
+    let images = dir.join("images");
+    copy_first(&shared_data().join("imagenet-sample"), &images, 3);
+    let mut teachers = Vec::new();
+    for device in ["cpu", "wgpu"] {
+        let out = dir.join(format!("{device}.bpk"));
+        let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+            .args([
+                "distill-teacher",
+                "--steps",
+                "1",
+                "--batch",
+                "2",
+                "--seed",
+                "4",
+            ])
+            .args([
+                "--stats-images",
+                "2",
+                "--allow-cpu-adapter",
+                "--device",
+                device,
+            ])
+            .arg("--backbone")
+            .arg(shared_data().join("../weights/efficientnet_lite0_features.onnx"))
+            .arg("--images")
+            .arg(&images)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("distill-teacher");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{device}: {stderr}");
+        if device == "wgpu" {
+            assert!(stderr.contains("wgpu adapter: llvmpipe"), "{stderr}");
+        }
+        teachers.push(out);
+    }
+    // The two distilled teachers, both run on the CPU: one step apart from the same start, so
+    // any difference is the step's.
+    let cpu = Device::flex();
+    let batch = batch_u8(&mtd_images(1), 256);
+    let outputs: Vec<Vec<f32>> = teachers
+        .iter()
+        .map(|t| {
+            let (pdn, _) = checkpoint::load_teacher(t, None, &cpu).expect("teacher");
+            to_vec(pdn.forward(batch_tensor(&batch, 1, 256, &cpu)))
+        })
+        .collect();
+    let e = rel_diff(&outputs[0], &outputs[1]);
+    assert!(e < 1e-3, "teachers after one step differ by {e}");
 }

@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// Compute device: cpu, or wgpu (a GPU; needs a build with --features wgpu).
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub device: Backend,
+    /// With --device wgpu: accept a software Vulkan adapter (Mesa's lavapipe), slower than
+    /// --device cpu; for tests of the GPU code path on machines without a GPU.
+    #[arg(long)]
+    pub allow_cpu_adapter: bool,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -63,6 +67,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         no_torch,
         scripts,
         device: backend,
+        allow_cpu_adapter,
     } = args;
     if steps == 0 || distill_batch == 0 {
         bail!("--steps and --distill-batch must be at least 1");
@@ -83,6 +88,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         backbone,
         distill_batch,
         backend,
+        allow_cpu_adapter,
         torch: !no_torch,
         scripts,
     };

@@ -41,6 +41,10 @@ pub struct DistillArgs {
     /// Compute device: cpu, or wgpu (a GPU; needs a build with --features wgpu).
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub device: Backend,
+    /// With --device wgpu: accept a software Vulkan adapter (Mesa's lavapipe), slower than
+    /// --device cpu; for tests of the GPU code path on machines without a GPU.
+    #[arg(long)]
+    pub allow_cpu_adapter: bool,
     /// Teacher checkpoint to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -57,6 +61,7 @@ pub fn run(args: DistillArgs) -> anyhow::Result<()> {
         stats_images,
         save_every,
         device: backend,
+        allow_cpu_adapter,
         out,
     } = args;
     if batch == 0 {
@@ -71,6 +76,7 @@ pub fn run(args: DistillArgs) -> anyhow::Result<()> {
         seed,
         stats_images,
         backend,
+        allow_cpu_adapter,
         save_every,
     };
     let stop = efficientad_training::train::stop_flag();

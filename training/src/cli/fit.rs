@@ -68,6 +68,10 @@ pub struct FitArgs {
     /// Compute device: cpu, or wgpu (a GPU; needs a build with --features wgpu).
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub device: Backend,
+    /// With --device wgpu: accept a software Vulkan adapter (Mesa's lavapipe), slower than
+    /// --device cpu; for tests of the GPU code path on machines without a GPU.
+    #[arg(long)]
+    pub allow_cpu_adapter: bool,
 }
 
 pub fn run(args: FitArgs) -> anyhow::Result<()> {
@@ -87,6 +91,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         penalty_limit,
         train_limit,
         device: backend,
+        allow_cpu_adapter,
     } = args;
     let name = out
         .file_name()
@@ -113,6 +118,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         penalty_limit,
         train_limit,
         backend,
+        allow_cpu_adapter,
         eval_every,
     };
     let calibration_out = calibration_out
