@@ -188,9 +188,10 @@ pub fn prometheus(monitor: &Monitor, s: &Snapshot) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "# HELP efficientad_info The model and source of this run.\n# TYPE efficientad_info gauge\nefficientad_info{{model=\"{}\",model_sha256=\"{}\",source=\"{}\",version=\"{}\"}} 1",
+        "# HELP efficientad_info The model, calibration and source of this run.\n# TYPE efficientad_info gauge\nefficientad_info{{model=\"{}\",model_sha256=\"{}\",calibration_sha256=\"{}\",source=\"{}\",version=\"{}\"}} 1",
         label(&monitor.model_name),
         label(&monitor.model_sha256),
+        label(&monitor.calibration_sha256),
         label(&monitor.source),
         env!("CARGO_PKG_VERSION")
     );

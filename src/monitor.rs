@@ -92,6 +92,8 @@ pub struct Snapshot {
 pub struct Monitor {
     pub model_name: String,
     pub model_sha256: String,
+    /// sha256 of the calibration file in use.
+    pub calibration_sha256: String,
     pub calibration_threshold: f64,
     pub source: String,
     pub started: Instant,
@@ -120,10 +122,17 @@ pub fn error_kind(reason: &str) -> String {
 }
 
 impl Monitor {
-    pub fn new(model_name: &str, model_sha256: &str, threshold: f64, source: &str) -> Self {
+    pub fn new(
+        model_name: &str,
+        model_sha256: &str,
+        calibration_sha256: &str,
+        threshold: f64,
+        source: &str,
+    ) -> Self {
         Self {
             model_name: model_name.to_owned(),
             model_sha256: model_sha256.to_owned(),
+            calibration_sha256: calibration_sha256.to_owned(),
             calibration_threshold: threshold,
             source: source.to_owned(),
             started: Instant::now(),
@@ -273,7 +282,7 @@ mod tests {
 
     #[test]
     fn answers_are_counted_by_verdict_kind_and_bucket() {
-        let m = Monitor::new("m", "abc", 0.1, "dir:x");
+        let m = Monitor::new("m", "abc", "def", 0.1, "dir:x");
         m.record(&answer(Verdict::Ok, None, 3.0));
         m.record(&answer(Verdict::Ng, None, 250.0));
         m.record(&answer(
@@ -298,7 +307,7 @@ mod tests {
 
     #[test]
     fn health_follows_the_camera_and_stalls() {
-        let m = Monitor::new("m", "abc", 0.1, "dir:x");
+        let m = Monitor::new("m", "abc", "def", 0.1, "dir:x");
         assert!(m.unhealthy(Duration::from_secs(1)).is_none());
         m.camera_lost();
         assert!(m.unhealthy(Duration::from_secs(1)).is_some());

@@ -2480,7 +2480,7 @@ fn run_with_http(
     extra: &[&str],
 ) -> (Child, ChildStdin, BufReader<ChildStdout>, String) {
     let source = replay_folder(name);
-    let cal_path = source.join("../http-cal.json");
+    let cal_path = http_calibration(name);
     threshold_below(&first_files(&source, 3), 2, &cal_path);
     let (mut child, stdin, stdout) = spawn_piped(
         efficientad()
@@ -2517,6 +2517,14 @@ fn run_with_http(
     // Keep draining stderr so the run never blocks on it.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     (child, stdin, stdout, addr)
+}
+
+/// Where `run_with_http(name, …)` writes its calibration (one per test: they run in parallel).
+fn http_calibration(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "efficientad-test-{}-{name}-cal.json",
+        std::process::id()
+    ))
 }
 
 /// The value of one sample line of a Prometheus text exposition.
@@ -2594,6 +2602,13 @@ fn http_metrics_health_and_ng_overlays_follow_the_answers_issue18() {
     let sha = info["model_sha256"].as_str().expect("sha");
     assert!(
         metrics.contains(&format!("model_sha256=\"{sha}\"")),
+        "{metrics}"
+    );
+    // The calibration file's own hash, computed here from its bytes.
+    let cal_path = http_calibration("http-metrics");
+    let cal_sha = efficientad::bundle::sha256_hex(&std::fs::read(&cal_path).expect("calibration"));
+    assert!(
+        metrics.contains(&format!("calibration_sha256=\"{cal_sha}\"")),
         "{metrics}"
     );
     assert_eq!(sample(&metrics, "efficientad_camera_up"), 1.0);

@@ -231,9 +231,12 @@ fn setup(args: &RunArgs) -> anyhow::Result<Pipeline> {
         bundle.info.name,
         engine.provider()
     );
+    let calibration_sha256 = efficientad::bundle::file_sha256(&args.calibration)
+        .with_context(|| format!("hashing {}", args.calibration.display()))?;
     let monitor = Monitor::new(
         &bundle.info.name,
         &bundle.info.model_sha256,
+        &calibration_sha256,
         calibration.threshold,
         &source.describe(),
     );
