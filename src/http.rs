@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::anomaly::to_image_size;
-use crate::monitor::{BUCKETS_MS, Monitor, STAGES, Snapshot};
+use crate::monitor::{BUCKETS_MS, Monitor, STAGES, Snapshot, percentile};
 use crate::report::overlay;
 
 const STATUS_PAGE: &str = include_str!("http/status.html");
@@ -261,13 +261,6 @@ pub fn prometheus(monitor: &Monitor, s: &Snapshot) -> String {
         monitor.started.elapsed().as_secs_f64()
     );
     o
-}
-
-fn percentile(values: &[f64], p: f64) -> Option<f64> {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    (n > 0).then(|| v[((p * n as f64).ceil() as usize).clamp(1, n) - 1])
 }
 
 /// What the status page shows.

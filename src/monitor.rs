@@ -115,6 +115,14 @@ impl Drop for Busy<'_> {
     }
 }
 
+/// The nearest-rank `p`-percentile of `values` (None when empty).
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    (n > 0).then(|| v[((p * n as f64).ceil() as usize).clamp(1, n) - 1])
+}
+
 /// The kind of an ERROR answer: its reason up to the first `:` (the detail after it names
 /// files, sizes and times, which would make every error its own kind).
 pub fn error_kind(reason: &str) -> String {

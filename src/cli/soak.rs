@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use efficientad::monitor::{error_kind, percentile};
 use efficientad::source::faults::FaultPlan;
 
 use super::{EngineArgs, Outcome};
@@ -105,8 +106,7 @@ impl Tally {
             Some("NG") => self.ng += 1,
             _ => {
                 let reason = answer["error"].as_str().unwrap_or("no error text");
-                let kind: String = reason.split(':').next().unwrap_or(reason).into();
-                *self.errors.entry(kind).or_default() += 1;
+                *self.errors.entry(error_kind(reason)).or_default() += 1;
             }
         }
         if let Some(ms) = answer["latency_ms"]["total"].as_f64() {
@@ -115,12 +115,7 @@ impl Tally {
     }
 
     fn percentile(&self, p: f64) -> f64 {
-        let mut v = self.latencies.clone();
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => f64::NAN,
-            n => v[((p * n as f64).ceil() as usize).clamp(1, n) - 1],
-        }
+        percentile(&self.latencies, p).unwrap_or(f64::NAN)
     }
 }
 

@@ -770,6 +770,30 @@ fn tiny_setup(
     (teacher_path, dataset, penalty)
 }
 
+/// `efficientad-train fit` on a tiny setup, writing under `base` as `name`; `args` come first.
+fn fit_command(
+    args: &[&str],
+    (teacher, dataset, penalty): (&std::path::Path, &std::path::Path, &std::path::Path),
+    base: &std::path::Path,
+    name: &str,
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_efficientad-train"));
+    command
+        .arg("fit")
+        .args(args)
+        .arg("--teacher")
+        .arg(teacher)
+        .arg("--dataset")
+        .arg(dataset)
+        .arg("--penalty-images")
+        .arg(penalty)
+        .arg("--out")
+        .arg(base.join("onnx").join(name))
+        .arg("--work")
+        .arg(base.join("runs").join(name));
+    command
+}
+
 fn fit_config(
     teacher: &std::path::Path,
     dataset: &std::path::Path,
@@ -844,30 +868,16 @@ fn resume_after_interrupt_equals_an_uninterrupted_run_issue4() {
 fn short_fit_writes_a_bundle_and_calibration_the_runtime_loads_issue4() {
     let (teacher, dataset, penalty) = tiny_setup("fit-cli", true);
     let base = teacher.parent().expect("dir").to_owned();
-    let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
-        .args([
-            "fit",
-            "--steps",
-            "3",
-            "--seed",
-            "1",
-            "--variant",
-            "s",
-            "--teacher",
-        ])
-        .arg(&teacher)
-        .arg("--dataset")
-        .arg(&dataset)
-        .arg("--penalty-images")
-        .arg(&penalty)
-        .arg("--out")
-        .arg(base.join("onnx/tiny"))
-        .arg("--work")
-        .arg(base.join("runs/tiny"))
-        .arg("--calibration-out")
-        .arg(base.join("calibration/tiny.json"))
-        .output()
-        .expect("run fit");
+    let output = fit_command(
+        &["--steps", "3", "--seed", "1", "--variant", "s"],
+        (&teacher, &dataset, &penalty),
+        &base,
+        "tiny",
+    )
+    .arg("--calibration-out")
+    .arg(base.join("calibration/tiny.json"))
+    .output()
+    .expect("run fit");
     assert!(
         output.status.success(),
         "{}",
@@ -900,17 +910,7 @@ fn fit_errors_are_clear_issue4() {
     let (teacher, dataset, penalty) = tiny_setup("fit-errors", false);
     let base = teacher.parent().expect("dir").to_owned();
     let fit = |args: &[&str], dataset: &std::path::Path| {
-        let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
-            .args(["fit", "--steps", "1", "--teacher"])
-            .arg(&teacher)
-            .arg("--dataset")
-            .arg(dataset)
-            .arg("--penalty-images")
-            .arg(&penalty)
-            .arg("--out")
-            .arg(base.join("onnx/x"))
-            .arg("--work")
-            .arg(base.join("runs/x"))
+        let output = fit_command(&["--steps", "1"], (&teacher, dataset, &penalty), &base, "x")
             .args(args)
             .output()
             .expect("run fit");
@@ -1338,19 +1338,14 @@ fn wgpu_doctor_names_the_adapter_and_a_software_one_needs_consent_issue14() {
     // Without --allow-cpu-adapter a fit on it is refused, saying how to allow it.
     let (teacher, dataset, penalty) = tiny_setup("wgpu-refuse", true);
     let base = teacher.parent().expect("dir").to_owned();
-    let refused = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
-        .args(["fit", "--steps", "1", "--device", "wgpu", "--teacher"])
-        .arg(&teacher)
-        .arg("--dataset")
-        .arg(&dataset)
-        .arg("--penalty-images")
-        .arg(&penalty)
-        .arg("--out")
-        .arg(base.join("onnx/w"))
-        .arg("--work")
-        .arg(base.join("runs/w"))
-        .output()
-        .expect("fit");
+    let refused = fit_command(
+        &["--steps", "1", "--device", "wgpu"],
+        (&teacher, &dataset, &penalty),
+        &base,
+        "w",
+    )
+    .output()
+    .expect("fit");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
     assert!(
