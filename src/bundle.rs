@@ -39,6 +39,22 @@ pub struct ModelInfo {
     /// Training record: data folder, steps, seed, final losses (null for random exports).
     pub training: serde_json::Value,
     pub exporter: String,
+    /// Arithmetic of the graph: `fp32`, or `int8` for a graph written by `efficientad quantize`
+    /// (bundles from before quantization existed are fp32).
+    #[serde(default = "fp32")]
+    pub precision: String,
+    /// For a quantized graph: its fp32 source (path, sha256) and how it was calibrated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<serde_json::Value>,
+}
+
+/// [`ModelInfo::precision`] of a graph computed in 32-bit floats.
+pub const FP32: &str = "fp32";
+/// [`ModelInfo::precision`] of a quantized graph.
+pub const INT8: &str = "int8";
+
+fn fp32() -> String {
+    FP32.into()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +82,14 @@ pub enum BundleError {
 }
 
 impl ModelInfo {
+    /// The sha256 of the fp32 model a quantized graph was made from.
+    pub fn source_sha256(&self) -> Option<&str> {
+        self.quantization
+            .as_ref()?
+            .get("source_model_sha256")?
+            .as_str()
+    }
+
     /// Parses a model.json text and checks its format version; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, BundleError> {
         let info: ModelInfo = serde_json::from_str(text).map_err(|e| BundleError::BadInfo {

@@ -47,6 +47,14 @@ pub enum CalibrationError {
         expected: String,
     },
     #[error(
+        "{path} is the calibration of the fp32 model that {model} was quantized from; {precision} maps differ from fp32 maps, so run `efficientad calibrate --model {model}` to calibrate the {precision} model itself"
+    )]
+    SourceModel {
+        path: PathBuf,
+        model: PathBuf,
+        precision: String,
+    },
+    #[error(
         "no validation image could be run ({failed} failed); calibration needs normal images that decode"
     )]
     NoImages { failed: usize },
@@ -234,6 +242,13 @@ impl Calibration {
     /// Loads a calibration and checks that it belongs to `bundle`.
     pub fn load_for(path: &Path, bundle: &Bundle) -> Result<Self, CalibrationError> {
         let calibration = Self::load(path)?;
+        if bundle.info.source_sha256() == Some(calibration.model_sha256.as_str()) {
+            return Err(CalibrationError::SourceModel {
+                path: path.to_owned(),
+                model: bundle.dir.clone(),
+                precision: bundle.info.precision.clone(),
+            });
+        }
         if calibration.model_sha256 != bundle.info.model_sha256 {
             return Err(CalibrationError::OtherModel {
                 path: path.to_owned(),
@@ -266,11 +281,13 @@ impl Calibration {
     }
 }
 
-/// Precision a provider computes in.
-pub fn precision(provider: Provider) -> &'static str {
+/// Precision `bundle`'s graph computes in on `provider`: a quantized graph is int8 anywhere;
+/// TensorRT runs an fp32 graph in fp16.
+pub fn precision(provider: Provider, bundle: &Bundle) -> String {
     match provider {
-        Provider::Tensorrt => "fp16",
-        _ => "fp32",
+        _ if bundle.info.precision != crate::bundle::FP32 => bundle.info.precision.clone(),
+        Provider::Tensorrt => "fp16".into(),
+        _ => crate::bundle::FP32.into(),
     }
 }
 
@@ -291,7 +308,7 @@ impl Calibration {
             model_name: bundle.info.name.clone(),
             model_sha256: bundle.info.model_sha256.clone(),
             provider: provider.to_string(),
-            precision: precision(provider).into(),
+            precision: precision(provider, bundle),
             validation,
             normalization: computed.normalization,
             threshold: computed.threshold,

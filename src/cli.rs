@@ -7,6 +7,7 @@ mod demo;
 mod doctor;
 mod eval;
 mod infer;
+mod quantize;
 mod run;
 mod soak;
 
@@ -44,6 +45,8 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Image AUROC, pixel AUROC and AU-PRO on an MVTec-layout test split.
     Eval(eval::EvalArgs),
+    /// Write an int8 (QDQ) bundle from an fp32 one, calibrated on normal images.
+    Quantize(quantize::QuantizeArgs),
     /// Time each stage and compare end-to-end time with the bare session run.
     Bench(bench::BenchArgs),
     /// Soak test: many triggers on a dir: source; checks one answer each and flat memory.
@@ -94,6 +97,7 @@ pub fn main() -> ExitCode {
         Command::Infer(args) => infer::run(args),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Quantize(args) => quantize::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Soak(args) => soak::run(args),
         Command::Doctor => doctor::run(),

@@ -23,6 +23,7 @@ pub mod preprocess;
 #[cfg(test)]
 mod properties;
 pub mod protocol;
+pub mod quantize;
 pub mod region;
 pub mod report;
 pub mod source;

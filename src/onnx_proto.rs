@@ -1,16 +1,21 @@
 //! A minimal writer of the ONNX protobuf messages this project emits (the training crate's
-//! deployment graph, and the probe graph `efficientad doctor` opens on each provider).
+//! deployment graph, the probe graph `efficientad doctor` opens on each provider, the quantized
+//! graph), and in [`read`] the reader `efficientad quantize` starts from.
 //!
 //! Protobuf's wire format is small (varints, fixed 32-bit floats, length-delimited bytes), and
 //! the deployment graph needs only a handful of ONNX messages, so they are encoded here directly
 //! from onnx.proto's field numbers rather than through a generated crate. Each `*Proto` type
 //! below mirrors the message of the same name; fields left out are the ones we never set.
 
+pub mod read;
+
 /// ONNX `TensorProto.DataType` values used here.
 #[derive(Clone, Copy, Debug)]
 pub enum DataType {
     Float = 1,
     Uint8 = 2,
+    Int8 = 3,
+    Int32 = 6,
     Int64 = 7,
 }
 

@@ -50,7 +50,7 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
-fn progress_bar(len: u64, what: &str) -> ProgressBar {
+pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len).with_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())

@@ -66,6 +66,8 @@ pub fn export_bundle(
         teacher: serde_json::to_value(&info.teacher).unwrap_or_default(),
         training: info.training.clone(),
         exporter: format!("efficientad-train {}", env!("CARGO_PKG_VERSION")),
+        precision: efficientad::bundle::FP32.into(),
+        quantization: None,
     };
     let json_path = out.join(efficientad::bundle::INFO_FILE);
     let json = serde_json::to_string_pretty(&model_info).map_err(|e| write_err(&json_path, &e))?;
