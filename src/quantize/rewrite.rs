@@ -145,6 +145,21 @@ impl Plan {
     }
 }
 
+/// `DequantizeLinear` named `name` (its output too) reading `tensor`'s quantized copy with its
+/// scale and zero point.
+fn dequantize(name: &str, tensor: &str) -> Node {
+    Node::new(
+        "DequantizeLinear",
+        name,
+        &[
+            &format!("{tensor}/quantized"),
+            &format!("{tensor}/scale"),
+            &format!("{tensor}/zero_point"),
+        ],
+        &[name],
+    )
+}
+
 fn scalar_f32(name: String, v: f32) -> Tensor {
     Tensor::f32(&name, &[], &[v])
 }
@@ -217,16 +232,7 @@ pub fn rewrite(
                 continue;
             }
             let dq = format!("{}/dequantize{i}", n.name);
-            out.nodes.push(Node::new(
-                "DequantizeLinear",
-                &dq,
-                &[
-                    &format!("{input}/quantized"),
-                    &format!("{input}/scale"),
-                    &format!("{input}/zero_point"),
-                ],
-                &[&dq],
-            ));
+            out.nodes.push(dequantize(&dq, input));
             node.inputs[i] = dq;
         }
         if convs.contains(n.name.as_str()) {
@@ -291,19 +297,7 @@ fn quantize_conv(
     ));
     replaced.insert(wname.clone());
     let dq = format!("{name}/weight/dequantize");
-    out.nodes.push(
-        Node::new(
-            "DequantizeLinear",
-            &dq,
-            &[
-                &format!("{wname}/quantized"),
-                &format!("{wname}/scale"),
-                &format!("{wname}/zero_point"),
-            ],
-            &[&dq],
-        )
-        .with_axis(0),
-    );
+    out.nodes.push(dequantize(&dq, &wname).with_axis(0));
     node.inputs[1] = dq;
 
     if let Some(b) = node.inputs.get(2).filter(|b| !b.is_empty()).cloned() {
@@ -330,19 +324,7 @@ fn quantize_conv(
         ));
         replaced.insert(b.clone());
         let dq = format!("{name}/bias/dequantize");
-        out.nodes.push(
-            Node::new(
-                "DequantizeLinear",
-                &dq,
-                &[
-                    &format!("{b}/quantized"),
-                    &format!("{b}/scale"),
-                    &format!("{b}/zero_point"),
-                ],
-                &[&dq],
-            )
-            .with_axis(0),
-        );
+        out.nodes.push(dequantize(&dq, &b).with_axis(0));
         node.inputs[2] = dq;
     }
     Ok(())

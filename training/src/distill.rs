@@ -55,6 +55,8 @@ pub struct DistillConfig {
     pub save_every: usize,
     /// With `backend` wgpu: accept a software Vulkan adapter.
     pub allow_cpu_adapter: bool,
+    /// Divides the teacher's hidden widths (1: the paper's network; larger: tests).
+    pub width_divisor: usize,
 }
 
 /// Seed offset of the statistics sample: independent of the draws of the steps.
@@ -160,19 +162,17 @@ pub fn distill_step(
             }
         }
     }
-    let mut target = Vec::with_capacity(n * TEACHER_CHANNELS * grid * grid);
+    let channels = backbone.channels();
+    let mut target = Vec::with_capacity(n * channels * grid * grid);
     for t in backbone.targets(&big, n)? {
-        let plane = t.len() / TEACHER_CHANNELS;
+        let plane = t.len() / channels;
         target.extend(
             t.iter()
                 .enumerate()
                 .map(|(i, v)| (v - targets.mean[i / plane]) / targets.std[i / plane]),
         );
     }
-    let target = Tensor::<4>::from_data(
-        TensorData::new(target, [n, TEACHER_CHANNELS, grid, grid]),
-        device,
-    );
+    let target = Tensor::<4>::from_data(TensorData::new(target, [n, channels, grid, grid]), device);
     let x = imagenet_normalize(Tensor::from_data(
         TensorData::new(small, [n, 3, IMAGE_SIZE, IMAGE_SIZE]),
         device,
@@ -191,15 +191,20 @@ pub fn distill(
     events: &mut dyn FnMut(Event<'_>),
 ) -> Result<(Pdn, CheckpointInfo), DistillError> {
     let files = data::folder_files(&config.images)?;
-    let mut backbone = Backbone::open(&config.backbone)?;
+    // A narrowed teacher keeps the checkpoint convention (outputs = 384 / divisor), so its
+    // targets are pooled to that many channels.
+    let divisor = config.width_divisor.max(1);
+    let channels = TEACHER_CHANNELS / divisor;
+    let mut backbone = Backbone::open(&config.backbone)?.with_channels(channels);
     let device = config
         .backend
         .device(config.allow_cpu_adapter)
         .map_err(DistillError::Other)?
         .autodiff();
     let mut rng = Rng::new(config.seed);
-    let mut pdn = PdnConfig::new(config.variant, TEACHER_CHANNELS)
+    let mut pdn = PdnConfig::new(config.variant, channels)
         .with_padding(true)
+        .with_width_divisor(divisor)
         .init(&device);
     for conv in pdn.convs_mut() {
         crate::model::init_conv(conv, &mut rng, &device);
@@ -208,15 +213,15 @@ pub fn distill(
     // Wall time of the whole distillation, target statistics included.
     let started = Instant::now();
     let stats_files = stats_sample(&files, config.stats_images, config.seed);
-    let mut sum = vec![0f64; TEACHER_CHANNELS];
-    let mut sq = vec![0f64; TEACHER_CHANNELS];
+    let mut sum = vec![0f64; channels];
+    let mut sq = vec![0f64; channels];
     let mut count = 0f64;
     for (i, f) in stats_files.iter().enumerate() {
         match views(f, false) {
             Ok((big, _)) => {
                 let t = backbone.targets(&big, 1)?.remove(0);
-                let plane = t.len() / TEACHER_CHANNELS;
-                for c in 0..TEACHER_CHANNELS {
+                let plane = t.len() / channels;
+                for c in 0..channels {
                     for &v in &t[c * plane..(c + 1) * plane] {
                         sum[c] += f64::from(v);
                         sq[c] += f64::from(v) * f64::from(v);
@@ -303,7 +308,7 @@ fn finished(
     let info = CheckpointInfo {
         kind: Kind::Teacher,
         variant: config.variant,
-        width_divisor: 1,
+        width_divisor: config.width_divisor.max(1),
         teacher: TeacherProvenance::Distilled {
             backbone: config.backbone.display().to_string(),
             backbone_sha256: efficientad::bundle::file_sha256(&config.backbone).unwrap_or_default(),

@@ -628,18 +628,25 @@ fn a_few_optimizer_steps_lower_the_loss_issue4() {
 /// end of the longest chain).
 #[test]
 fn step_gradients_equal_pytorch_autograd_issue12() {
+    check_step_gradients(&Device::flex(), 1e-4);
+}
+
+/// One `fit` step's loss and the gradients of every student and autoencoder weight on `plain`
+/// (its autodiff twin computes), against PyTorch autograd's (fixture): relative L2 per tensor
+/// and whole-tensor norms within `tolerance`.
+fn check_step_gradients(plain: &Device, tolerance: f64) {
     let fixture_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("grads.json")).expect("fixture"))
             .expect("json");
     let values = read_f32(&fixture("grads.f32"));
-    let device = Device::flex().autodiff();
-    let plain = Device::flex();
+    let device = plain.clone().autodiff();
+    let plain = plain.clone();
     let model = formula_model(&device);
     let formula = FormulaInputs::new(&formula_model(&plain), &plain);
     let (total, l, _) = losses(&model, &formula.inputs(), None, &device);
     let want_total = fixture_json["total"].as_f64().expect("total");
     assert!(
-        close(l.total, want_total, 1e-4),
+        close(l.total, want_total, tolerance),
         "loss {} vs torch {want_total}",
         l.total
     );
@@ -658,6 +665,7 @@ fn step_gradients_equal_pytorch_autograd_issue12() {
         "every student and autoencoder conv, weight and bias"
     );
     let mut worst = (0f64, String::new());
+    let mut failures = Vec::new();
     for e in entries {
         let module = e["module"].as_str().expect("module");
         let index = e["conv"].as_u64().expect("conv") as usize;
@@ -705,11 +713,12 @@ fn step_gradients_equal_pytorch_autograd_issue12() {
             .sum::<f64>()
             .sqrt();
         assert!(norm > 0.0, "{name}: the reference gradient is zero");
-        assert!(
-            diff <= 1e-4 * norm,
-            "{name}: relative L2 difference {}",
-            diff / norm
-        );
+        if diff > tolerance * norm {
+            failures.push(format!(
+                "{name}: relative L2 difference {:.3e}",
+                diff / norm
+            ));
+        }
         if diff / norm > worst.0 {
             worst = (diff / norm, name.clone());
         }
@@ -720,11 +729,11 @@ fn step_gradients_equal_pytorch_autograd_issue12() {
             .sum::<f64>()
             .sqrt();
         let want_full = e["norm"].as_f64().expect("norm");
-        assert!(
-            close(full, want_full, 1e-4),
-            "{name}: norm {full} vs torch {want_full}"
-        );
+        if !close(full, want_full, tolerance) {
+            failures.push(format!("{name}: norm {full} vs torch {want_full}"));
+        }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     eprintln!(
         "largest relative gradient difference: {:.2e} ({})",
         worst.0, worst.1
@@ -905,6 +914,55 @@ fn short_fit_writes_a_bundle_and_calibration_the_runtime_loads_issue4() {
     assert!(maps.st.iter().all(|v| v.is_finite()));
 }
 
+/// A GPU box that trains only: `fit --skip-calibration` exports the bundle and needs no ONNX
+/// Runtime (here made unfindable), saying what to run next; no calibration file is written.
+#[test]
+fn fit_skip_calibration_exports_without_onnx_runtime_issue14() {
+    let (teacher, dataset, penalty) = tiny_setup("fit-skip-cal", true);
+    let base = teacher.parent().expect("dir").to_owned();
+    let output = fit_command(
+        &["--steps", "1", "--skip-calibration"],
+        (&teacher, &dataset, &penalty),
+        &base,
+        "nocal",
+    )
+    .current_dir(&base)
+    .env("ORT_DYLIB_PATH", base.join("no-such-libonnxruntime.so"))
+    .env("EFFICIENTAD_NO_ORT_INSTALL", "1")
+    .output()
+    .expect("run fit");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("not calibrated (--skip-calibration)")
+            && stderr.contains("efficientad calibrate --model"),
+        "{stderr}"
+    );
+    let info: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(base.join("onnx/nocal/model.json")).expect("model.json"),
+    )
+    .expect("json");
+    assert_eq!(info["training"]["steps"], 1);
+    assert!(!base.join("calibration").exists());
+    // Calibrating later is the runtime's job; both options together are refused.
+    let refused = fit_command(
+        &[
+            "--steps",
+            "1",
+            "--skip-calibration",
+            "--calibration-out",
+            "x.json",
+        ],
+        (&teacher, &dataset, &penalty),
+        &base,
+        "nocal2",
+    )
+    .output()
+    .expect("run fit");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot be used with"));
+}
+
 #[test]
 fn fit_errors_are_clear_issue4() {
     let (teacher, dataset, penalty) = tiny_setup("fit-errors", false);
@@ -989,24 +1047,24 @@ fn fit_skips_an_unreadable_training_image_issue13() {
 #[test]
 fn bench_prints_one_json_line_with_burn_timings_issue12() {
     let shared = shared_data();
-    let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
-        .args([
-            "bench",
-            "--steps",
-            "1",
-            "--distill-batch",
-            "1",
-            "--no-torch",
-            "--json",
-        ])
-        .arg("--dataset")
-        .arg(shared.join("mtd"))
-        .arg("--images")
-        .arg(shared.join("imagenet-sample"))
-        .arg("--backbone")
-        .arg(shared.join("../weights/efficientnet_lite0_features.onnx"))
-        .output()
-        .expect("run efficientad-train bench");
+    // One bench step of each kind on the shared data; `extra` after the common arguments.
+    let bench = |extra: &[&str], backbone: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+            .args(["bench", "--steps", "1", "--no-torch", "--json"])
+            .args(extra)
+            .arg("--dataset")
+            .arg(shared.join("mtd"))
+            .arg("--images")
+            .arg(shared.join("imagenet-sample"))
+            .arg("--backbone")
+            .arg(backbone)
+            .output()
+            .expect("run efficientad-train bench")
+    };
+    let output = bench(
+        &["--distill-batch", "1"],
+        &shared.join("../weights/efficientnet_lite0_features.onnx"),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -1026,6 +1084,17 @@ fn bench_prints_one_json_line_with_burn_timings_issue12() {
     assert!(v["threads"].as_u64().expect("threads") >= 1);
     assert!(v["fit"]["peak_rss_mib"].as_f64().expect("peak") > 0.0);
     assert!(stderr.contains("no PyTorch comparison"), "{stderr}");
+
+    // --no-distill: the fit step alone, no backbone needed (a GPU box without it).
+    let output = bench(
+        &["--no-distill"],
+        std::path::Path::new("/no/such/backbone.onnx"),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert!(v["fit"]["burn_s"].as_f64().expect("fit") > 0.0, "{v}");
+    assert!(v["distill"].is_null(), "{v}");
 }
 
 /// Mann–Whitney AUROC written out pair by pair (ties count half): an independent reference
@@ -1322,6 +1391,15 @@ fn wgpu_device() -> Device {
         .unwrap_or_else(|e| panic!("{e} (.ci/run installs mesa-vulkan-drivers for lavapipe)"))
 }
 
+/// The whole backward pass on the GPU path: every student and autoencoder gradient of one
+/// `fit` step against PyTorch autograd's, as the CPU backend is checked (1e-4 there; 1e-3
+/// here for the shaders' other summation orders).
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_step_gradients_equal_pytorch_autograd_issue14() {
+    check_step_gradients(&wgpu_device(), 1e-3);
+}
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_doctor_names_the_adapter_and_a_software_one_needs_consent_issue14() {
@@ -1414,13 +1492,14 @@ fn wgpu_distillation_step_equals_the_cpu_backend_issue14() {
     let images = dir.join("images");
     copy_first(&shared_data().join("imagenet-sample"), &images, 3);
     let mut teachers = Vec::new();
-    for device in ["cpu", "wgpu"] {
-        let out = dir.join(format!("{device}.bpk"));
+    // The start (0 steps, on the CPU), then one step on each device.
+    for (device, steps) in [("cpu", "0"), ("cpu", "1"), ("wgpu", "1")] {
+        let out = dir.join(format!("{device}-{steps}.bpk"));
         let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
             .args([
                 "distill-teacher",
                 "--steps",
-                "1",
+                steps,
                 "--batch",
                 "2",
                 "--seed",
@@ -1432,6 +1511,9 @@ fn wgpu_distillation_step_equals_the_cpu_backend_issue14() {
                 "--allow-cpu-adapter",
                 "--device",
                 device,
+                // A narrowed teacher: the full PDN-S takes many minutes per step on lavapipe.
+                "--width-divisor",
+                "16",
             ])
             .arg("--backbone")
             .arg(shared_data().join("../weights/efficientnet_lite0_features.onnx"))
@@ -1459,6 +1541,16 @@ fn wgpu_distillation_step_equals_the_cpu_backend_issue14() {
             to_vec(pdn.forward(batch_tensor(&batch, 1, 256, &cpu)))
         })
         .collect();
-    let e = rel_diff(&outputs[0], &outputs[1]);
-    assert!(e < 1e-3, "teachers after one step differ by {e}");
+    let e = rel_diff(&outputs[1], &outputs[2]);
+    let moved = rel_diff(&outputs[0], &outputs[1]);
+    eprintln!("one step moved the teacher's outputs by {moved}; the devices differ by {e}");
+    assert!(
+        e < 1e-3,
+        "teachers after one step differ by {e} (the step moved them by {moved})"
+    );
+    // The step itself moved the teacher far more than the two devices differ.
+    assert!(
+        moved > 20.0 * e,
+        "the step moved the outputs by {moved}, the devices differ by {e}"
+    );
 }

@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// Skip the PyTorch comparison.
     #[arg(long)]
     pub no_torch: bool,
+    /// Time the fit step only (for a box without the backbone or ONNX Runtime, which the
+    /// distillation step needs for its targets).
+    #[arg(long)]
+    pub no_distill: bool,
     /// Folder of the PyTorch scripts torch_step.py and torch_distill.py.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/bench"))]
     pub scripts: PathBuf,
@@ -65,6 +69,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         backbone,
         distill_batch,
         no_torch,
+        no_distill,
         scripts,
         device: backend,
         allow_cpu_adapter,
@@ -77,8 +82,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             bail!("{what} {} is not a folder", path.display());
         }
     }
-    if !backbone.is_file() {
-        bail!("--backbone {} is not a file", backbone.display());
+    if !no_distill && !backbone.is_file() {
+        bail!(
+            "--backbone {} is not a file (or time the fit step alone with --no-distill)",
+            backbone.display()
+        );
     }
     let config = BenchConfig {
         variant,
@@ -92,7 +100,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         torch: !no_torch,
         scripts,
     };
-    report(&config, json)?;
+    report(&config, !no_distill, json)?;
     Ok(())
 }
 
@@ -135,7 +143,7 @@ fn line(name: &str, burn: &Timing, reference: &Reference) -> String {
 }
 
 /// Runs the benchmark and prints the table (or one JSON line).
-fn report(config: &BenchConfig, json: bool) -> anyhow::Result<()> {
+fn report(config: &BenchConfig, with_distill: bool, json: bool) -> anyhow::Result<()> {
     let say = |m: &str| eprintln!("efficientad-train bench: {m}");
     let torch = if config.torch {
         torch_available()
@@ -172,9 +180,13 @@ fn report(config: &BenchConfig, json: bool) -> anyhow::Result<()> {
         Err(why) => Reference::Unavailable(why.clone()),
     };
 
-    let distill = bench_distill(config, &mut |m| say(m))?;
+    let distill = if with_distill {
+        Some(bench_distill(config, &mut |m| say(m))?)
+    } else {
+        None
+    };
     let distill_torch = match &torch {
-        Ok(_) => {
+        Ok(_) if with_distill => {
             say("distill: PyTorch reference (torch_distill.py)");
             run_reference(
                 &config.scripts.join("torch_distill.py"),
@@ -192,9 +204,13 @@ fn report(config: &BenchConfig, json: bool) -> anyhow::Result<()> {
                 ],
             )
         }
+        Ok(_) => Reference::Unavailable("--no-distill".into()),
         Err(why) => Reference::Unavailable(why.clone()),
     };
     for (name, r) in [("fit", &fit_torch), ("distill", &distill_torch)] {
+        if name == "distill" && !with_distill {
+            continue;
+        }
         if let (Ok(_), Reference::Unavailable(why)) = (&torch, r) {
             say(&format!("{name}: the PyTorch reference did not run: {why}"));
         }
@@ -210,7 +226,7 @@ fn report(config: &BenchConfig, json: bool) -> anyhow::Result<()> {
     };
     let summary = serde_json::json!({
         "fit": fit_json,
-        "distill": comparison(&distill, &distill_torch),
+        "distill": distill.as_ref().map(|d| comparison(d, &distill_torch)),
         "threads": threads,
         "variant": variant,
         "distill_batch": config.distill_batch,
@@ -225,11 +241,14 @@ fn report(config: &BenchConfig, json: bool) -> anyhow::Result<()> {
             config.steps
         );
         println!("{}", line("fit", &fit, &fit_torch));
-        println!(
-            "{}   (batch {})",
-            line("distill", &distill, &distill_torch),
-            config.distill_batch
-        );
+        match &distill {
+            Some(d) => println!(
+                "{}   (batch {})",
+                line("distill", d, &distill_torch),
+                config.distill_batch
+            ),
+            None => println!("distill  not timed (--no-distill)"),
+        }
         if let Some(mib) = fit_peak {
             println!("peak memory during the fit steps: {mib:.0} MiB");
         }

@@ -45,6 +45,10 @@ pub struct DistillArgs {
     /// --device cpu; for tests of the GPU code path on machines without a GPU.
     #[arg(long)]
     pub allow_cpu_adapter: bool,
+    /// Divide the teacher's hidden widths by N (its 384 outputs stay): a tiny network of the
+    /// same structure, for tests on slow devices (a software Vulkan driver).
+    #[arg(long, hide = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub width_divisor: u16,
     /// Teacher checkpoint to write.
     #[arg(long)]
     pub out: PathBuf,
@@ -62,6 +66,7 @@ pub fn run(args: DistillArgs) -> anyhow::Result<()> {
         save_every,
         device: backend,
         allow_cpu_adapter,
+        width_divisor,
         out,
     } = args;
     if batch == 0 {
@@ -78,6 +83,7 @@ pub fn run(args: DistillArgs) -> anyhow::Result<()> {
         backend,
         allow_cpu_adapter,
         save_every,
+        width_divisor: usize::from(width_divisor),
     };
     let stop = efficientad_training::train::stop_flag();
     let bar = indicatif::ProgressBar::new(steps as u64).with_style(

@@ -48,6 +48,10 @@ pub struct FitArgs {
     /// Calibration file to write (default calibration/<name>.json).
     #[arg(long)]
     pub calibration_out: Option<PathBuf>,
+    /// Export the bundle without calibrating it (a box without ONNX Runtime >= 1.31, e.g. a
+    /// GPU box that trains only); calibrate later with `efficientad calibrate`.
+    #[arg(long, conflicts_with_all = ["calibration_out", "eval_every"])]
+    pub skip_calibration: bool,
     /// Save a checkpoint every N steps (and always on Ctrl-C and at the end).
     #[arg(long, default_value_t = 1000)]
     pub checkpoint_every: usize,
@@ -85,6 +89,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         out,
         work,
         calibration_out,
+        skip_calibration,
         checkpoint_every,
         resume,
         eval_every,
@@ -121,9 +126,10 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         allow_cpu_adapter,
         eval_every,
     };
-    let calibration_out = calibration_out
-        .unwrap_or_else(|| PathBuf::from("calibration").join(format!("{name}.json")));
-    train_export_calibrate(&config, resume, &calibration_out)?;
+    let calibration_out = (!skip_calibration).then(|| {
+        calibration_out.unwrap_or_else(|| PathBuf::from("calibration").join(format!("{name}.json")))
+    });
+    train_export_calibrate(&config, resume, calibration_out.as_deref())?;
     Ok(())
 }
 
@@ -135,11 +141,11 @@ fn bar(len: u64, template: &str) -> ProgressBar {
     )
 }
 
-/// Trains, exports the bundle and calibrates it, with progress on stderr.
+/// Trains, exports the bundle and (given a path) calibrates it, with progress on stderr.
 fn train_export_calibrate(
     config: &FitConfig,
     resume: bool,
-    calibration_out: &Path,
+    calibration_out: Option<&Path>,
 ) -> anyhow::Result<()> {
     let stop = stop_flag();
     let loading = bar(0, "{msg} [{bar:30}] {pos}/{len} eta {eta}");
@@ -249,6 +255,13 @@ fn train_export_calibrate(
         trained.state.wall_seconds,
         trained.state.last_losses.total
     );
+    let Some(calibration_out) = calibration_out else {
+        eprintln!(
+            "efficientad-train: not calibrated (--skip-calibration); run `efficientad calibrate --model {}` before use",
+            config.out.display()
+        );
+        return Ok(());
+    };
     let bundle = Bundle::open(&config.out)?;
     let options = EngineOptions {
         provider: Provider::Cpu,

@@ -119,6 +119,8 @@ pub fn patch_target(
 pub struct Backbone {
     session: Session,
     path: PathBuf,
+    /// Target channels: the teacher's outputs (384; fewer for narrowed test teachers).
+    channels: usize,
 }
 
 impl Backbone {
@@ -141,7 +143,18 @@ impl Backbone {
         Ok(Self {
             session,
             path: path.to_owned(),
+            channels: TEACHER_CHANNELS,
         })
+    }
+
+    /// Targets pooled to `channels` instead of 384 (a narrowed test teacher's outputs).
+    pub fn with_channels(mut self, channels: usize) -> Self {
+        self.channels = channels.max(1);
+        self
+    }
+
+    pub fn channels(&self) -> usize {
+        self.channels
     }
 
     /// Targets for a batch of CHW images at `BACKBONE_SIZE`², each `[384, 64·64]`.
@@ -176,7 +189,7 @@ impl Backbone {
                     &coarse[i * cl..(i + 1) * cl],
                     cd,
                     POOL_DIM,
-                    TEACHER_CHANNELS,
+                    self.channels,
                 )
             })
             .collect())

@@ -8,7 +8,6 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 
 use crate::conv::conv2d;
-use burn::nn::interpolate::{Interpolate2dConfig, InterpolateMode};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -69,15 +68,43 @@ impl AutoencoderConfig {
     }
 }
 
+/// The `[out, in]` matrix of a 1-D linear resize with half-pixel centres and no antialiasing
+/// (PyTorch's `align_corners=False`, ONNX's `half_pixel`): output `i` mixes the two input
+/// samples around `(i + 0.5)·in/out − 0.5`, clamped at 0 and at the last sample.
+pub fn linear_resize_matrix(input: usize, out: usize) -> Vec<f32> {
+    let mut m = vec![0f32; out * input];
+    let scale = input as f64 / out as f64;
+    for i in 0..out {
+        let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (src.floor() as usize).min(input - 1);
+        let i1 = (i0 + 1).min(input - 1);
+        let frac = (src - i0 as f64) as f32;
+        m[i * input + i0] += 1.0 - frac;
+        m[i * input + i1] += frac;
+    }
+    m
+}
+
 /// Bilinear resize with half-pixel centres (align_corners = false), as PyTorch and ONNX's
-/// `half_pixel` do.
+/// `half_pixel` do, written as two matrix products (rows, then columns). Burn's own bilinear
+/// interpolation has no backward pass on its GPU (cubecl) backends; a matrix product has one
+/// on every backend, and the operator is the same linear map.
 pub fn resize(x: Tensor<4>, size: usize) -> Tensor<4> {
-    Interpolate2dConfig::new()
-        .with_output_size(Some([size, size]))
-        .with_mode(InterpolateMode::Linear)
-        .with_align_corners(false)
-        .init()
-        .forward(x)
+    let [n, c, h, w] = x.dims();
+    let device = x.device();
+    let matrix = |input: usize| {
+        Tensor::<2>::from_data(
+            TensorData::new(linear_resize_matrix(input, size), [size, input]),
+            &device,
+        )
+    };
+    // x · Rwᵀ: [n, c, h, w] → [n, c, h, size]; then Rh · that → [n, c, size, size].
+    let rw = matrix(w)
+        .transpose()
+        .unsqueeze::<4>()
+        .expand([n, c, w, size]);
+    let rh = matrix(h).unsqueeze::<4>().expand([n, c, size, h]);
+    rh.matmul(x.matmul(rw))
 }
 
 impl Autoencoder {
@@ -132,4 +159,39 @@ fn dropout(x: Tensor<4>, rng: &mut Rng) -> Tensor<4> {
         .collect();
     let mask = Tensor::from_data(TensorData::new(mask, dims), &x.device());
     x * mask
+}
+
+#[cfg(test)]
+mod resize_tests {
+    use super::linear_resize_matrix;
+
+    /// PyTorch's `F.interpolate(x, size, mode="linear", align_corners=False)` on [0, 1, 2, 3]
+    /// (values computed with torch 2.x and written out here).
+    #[test]
+    fn linear_resize_matrix_matches_pytorch_half_pixel() {
+        let x = [0.0f32, 1.0, 2.0, 3.0];
+        let apply = |out: usize| -> Vec<f32> {
+            let m = linear_resize_matrix(4, out);
+            (0..out)
+                .map(|i| (0..4).map(|j| m[i * 4 + j] * x[j]).sum())
+                .collect()
+        };
+        // Upsampling 4 → 6: src = (i + 0.5)·4/6 − 0.5, clamped at 0.
+        let up = apply(6);
+        let expected = [0.0, 0.5, 1.1666666, 1.8333334, 2.5, 3.0];
+        for (a, b) in up.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{up:?}");
+        }
+        // Downsampling 4 → 3 (no antialiasing): src = (i + 0.5)·4/3 − 0.5.
+        let down = apply(3);
+        let expected = [0.16666667, 1.5, 2.8333333];
+        for (a, b) in down.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{down:?}");
+        }
+        // Every row sums to one.
+        let m = linear_resize_matrix(127, 56);
+        for row in m.chunks(127) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        }
+    }
 }
