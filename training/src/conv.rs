@@ -5,8 +5,8 @@
 //! This module hooks a better one in through Burn's own extension mechanism, so Burn stays the
 //! framework (modules, autodiff graph, optimizer, checkpoints):
 //! - [`ConvBackend`] is a backend extension with the forward and the two gradients;
-//! - on flex, all three are im2col + GEMM (`cpu`); on wgpu, Burn's own operations (its CubeCL
-//!   kernels already have a proper backward);
+//! - on flex, all three are im2col + GEMM (`cpu`); on wgpu, Burn's own forward and input
+//!   gradient, and the weight gradient as im2col + matmul (Burn's own gave a wrong result);
 //! - on the autodiff backend, the forward registers a backward step that calls the inner
 //!   backend's two gradient functions — the same structure as Burn's built-in conv2d.
 //!
@@ -66,7 +66,37 @@ pub trait ConvBackend: Backend {
 }
 
 #[cfg(feature = "wgpu")]
-impl ConvBackend for burn::backend::Cube {}
+impl ConvBackend for burn::backend::Cube {
+    /// The weight gradient as im2col + one matrix product per image, summed over the batch:
+    /// `dW[o, (c, ky, kx)] = Σ_n Σ_l dY[n, o, l] · cols[n, (c, ky, kx), l]`. Burn 0.22's own
+    /// CubeCL weight gradient came out wrong on Mesa's lavapipe for the student's first
+    /// convolution (3 input channels: off by 97 %, see README); the operations used here
+    /// (unfold through a forward convolution, matmul, sum) are checked by the same gradient
+    /// test against PyTorch.
+    fn conv2d_fast_weight_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        use burn::backend::ops::{FloatTensorOps, UnfoldOptions};
+        use burn::tensor::Shape;
+        let [(pt, pb), (pl, pr)] = options.padding;
+        if options.groups != 1 || pt != pb || pl != pr {
+            return Self::conv2d_weight_backward(x, weight, grad, options);
+        }
+        let ws = weight.shape();
+        let (o, c, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+        let gs = grad.shape();
+        let (n, l) = (gs[0], gs[2] * gs[3]);
+        let unfold = UnfoldOptions::new(options.stride, [pt, pl], options.dilation);
+        // [n, c·kh·kw, l] → [n, l, c·kh·kw]
+        let cols = Self::float_swap_dims(Self::unfold4d(x, [kh, kw], unfold), 1, 2);
+        let dy = Self::float_reshape(grad, Shape::new([n, o, l]));
+        let dw = Self::float_sum_dim(Self::float_matmul(dy, cols), 0);
+        Self::float_reshape(dw, Shape::new([o, c, kh, kw]))
+    }
+}
 
 /// The geometry of a flex convolution when `cpu` handles it: f32, no groups, no dilation.
 fn geometry(
