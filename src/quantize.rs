@@ -253,20 +253,29 @@ impl Reference {
     }
 }
 
-/// Writes `bytes` as a bundle in `dir` with `info` (its hash and precision updated).
-fn write_bundle(dir: &Path, bytes: &[u8], info: &mut ModelInfo) -> Result<Bundle, QuantizeError> {
-    let write_err = |path: &Path, e: &dyn std::fmt::Display| QuantizeError::Write {
+fn write_err(path: &Path, e: &dyn std::fmt::Display) -> QuantizeError {
+    QuantizeError::Write {
         path: path.to_owned(),
         reason: e.to_string(),
-    };
+    }
+}
+
+/// Writes `dir`'s model.json.
+fn write_info(dir: &Path, info: &ModelInfo) -> Result<(), QuantizeError> {
+    let info_path = dir.join(INFO_FILE);
+    let text = serde_json::to_string_pretty(info).map_err(|e| write_err(&info_path, &e))?;
+    std::fs::write(&info_path, text + "\n").map_err(|e| write_err(&info_path, &e))
+}
+
+/// Writes `bytes` as a bundle in `dir` with `info` (its hash and precision updated) and opens
+/// it as every command does.
+fn write_bundle(dir: &Path, bytes: &[u8], info: &mut ModelInfo) -> Result<Bundle, QuantizeError> {
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir, &e))?;
     let onnx_path = dir.join(MODEL_FILE);
     std::fs::write(&onnx_path, bytes).map_err(|e| write_err(&onnx_path, &e))?;
     info.model_sha256 = sha256_hex(bytes);
     info.precision = INT8.into();
-    let info_path = dir.join(INFO_FILE);
-    let text = serde_json::to_string_pretty(info).map_err(|e| write_err(&info_path, &e))?;
-    std::fs::write(&info_path, text + "\n").map_err(|e| write_err(&info_path, &e))?;
+    write_info(dir, info)?;
     Ok(Bundle::open(dir)?)
 }
 
@@ -398,8 +407,9 @@ pub fn quantize(
     };
     let seconds = started.elapsed().as_secs_f64();
     let checked = reference.inputs.len();
+    // Only model.json changes: the graph written above stays.
     info.quantization = Some(record(Some(st_error), Some(ae_error), checked, seconds));
-    write_bundle(&options.out, &quantized, &mut info)?;
+    write_info(&options.out, &info)?;
     Ok(Report {
         bundle: options.out.clone(),
         images: used,

@@ -55,11 +55,11 @@ impl Histogram {
     pub fn add(&mut self, values: &[f32]) -> Result<(), String> {
         let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
         for &v in values {
+            if !v.is_finite() {
+                return Err("the fp32 graph produced a NaN or infinite activation".into());
+            }
             lo = lo.min(v);
             hi = hi.max(v);
-        }
-        if values.iter().any(|v| !v.is_finite()) {
-            return Err("the fp32 graph produced a NaN or infinite activation".into());
         }
         if values.is_empty() {
             return Ok(());

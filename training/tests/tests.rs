@@ -1206,29 +1206,30 @@ fn fit_eval_every_logs_test_quality_of_the_checked_model_issue13() {
 /// `distill-teacher --save-every 1` on real images with the real backbone: a teacher after
 /// each step and the final one, each saying what it saw (steps, batch, images seen, the
 /// random statistics sample, wall time).
+/// `efficientad-train distill-teacher` from the shared backbone on `images` into `out`; the
+/// caller adds the rest.
+fn distill_command(images: &std::path::Path, out: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_efficientad-train"));
+    command
+        .arg("distill-teacher")
+        .arg("--backbone")
+        .arg(shared_data().join("../weights/efficientnet_lite0_features.onnx"))
+        .arg("--images")
+        .arg(images)
+        .arg("--out")
+        .arg(out);
+    command
+}
+
 #[test]
 fn distill_snapshots_record_what_the_teacher_saw_issue13() {
     let dir = temp_dir("distill-snap");
     let images = dir.join("images");
     copy_first(&shared_data().join("imagenet-sample"), &images, 4);
     let out = dir.join("teacher.bpk");
-    let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
-        .args([
-            "distill-teacher",
-            "--steps",
-            "2",
-            "--batch",
-            "1",
-            "--save-every",
-            "1",
-        ])
+    let output = distill_command(&images, &out)
+        .args(["--steps", "2", "--batch", "1", "--save-every", "1"])
         .args(["--stats-images", "2", "--seed", "5"])
-        .arg("--backbone")
-        .arg(shared_data().join("../weights/efficientnet_lite0_features.onnx"))
-        .arg("--images")
-        .arg(&images)
-        .arg("--out")
-        .arg(&out)
         .output()
         .expect("run distill-teacher");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -1495,32 +1496,20 @@ fn wgpu_distillation_step_equals_the_cpu_backend_issue14() {
     // The start (0 steps, on the CPU), then one step on each device.
     for (device, steps) in [("cpu", "0"), ("cpu", "1"), ("wgpu", "1")] {
         let out = dir.join(format!("{device}-{steps}.bpk"));
-        let output = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+        let output = distill_command(&images, &out)
             .args([
-                "distill-teacher",
                 "--steps",
                 steps,
                 "--batch",
                 "2",
                 "--seed",
                 "4",
-            ])
-            .args([
                 "--stats-images",
                 "2",
-                "--allow-cpu-adapter",
-                "--device",
-                device,
-                // A narrowed teacher: the full PDN-S takes many minutes per step on lavapipe.
-                "--width-divisor",
-                "16",
             ])
-            .arg("--backbone")
-            .arg(shared_data().join("../weights/efficientnet_lite0_features.onnx"))
-            .arg("--images")
-            .arg(&images)
-            .arg("--out")
-            .arg(&out)
+            .args(["--allow-cpu-adapter", "--device", device])
+            // A narrowed teacher: the full PDN-S takes many minutes per step on lavapipe.
+            .args(["--width-divisor", "16"])
             .output()
             .expect("distill-teacher");
         let stderr = String::from_utf8_lossy(&output.stderr);
