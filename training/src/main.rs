@@ -31,8 +31,25 @@ fn keep_freed_pages() {
     }
 }
 
+/// Burn materializes a loaded optimizer state on its *default* device (`ModuleOptimizer::
+/// load_record` takes none), and in a build with the `wgpu` feature that default is the GPU:
+/// resuming a CPU run then opened a Vulkan (or GL) instance — a GPU context on a GPU box,
+/// Mesa's "XDG_RUNTIME_DIR is invalid" lines elsewhere, a failure where no driver works. The
+/// state only needs host memory: Burn moves each tensor to its parameter's device at the next
+/// step. So the default is the CPU backend, unless the user chose one (`BURN_DEVICE`).
+fn default_device_on_cpu() {
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: called first thing in `main`, before any other thread exists.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("BURN_DEVICE", "flex");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     keep_freed_pages();
+    default_device_on_cpu();
     match cli::run(cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

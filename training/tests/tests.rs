@@ -1433,6 +1433,49 @@ fn wgpu_doctor_names_the_adapter_and_a_software_one_needs_consent_issue14() {
     );
 }
 
+/// A build with the GPU backend resuming a CPU run must not open the GPU: Burn loads optimizer
+/// state onto its default device, which such a build makes the GPU unless `main` pins it to the
+/// CPU. The Vulkan loader's own log (`VK_LOADER_DEBUG=info`) shows whether an instance was made;
+/// `doctor`, which lists the adapters, is the control that the log does show one.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_build_resumes_a_cpu_run_without_opening_vulkan_issue14() {
+    const LOADER: &str = "Vulkan Loader Version";
+    let doctor = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+        .arg("doctor")
+        .env("VK_LOADER_DEBUG", "info")
+        .output()
+        .expect("doctor");
+    let log = String::from_utf8_lossy(&doctor.stderr);
+    assert!(
+        log.contains(LOADER),
+        "the loader logged nothing for doctor: {log}"
+    );
+
+    let (teacher, dataset, penalty) = tiny_setup("wgpu-resume-cpu", true);
+    let base = teacher.parent().expect("dir").to_owned();
+    for steps in [&["--steps", "1"][..], &["--steps", "2", "--resume"]] {
+        let output = fit_command(
+            &[steps, &["--skip-calibration"]].concat(),
+            (&teacher, &dataset, &penalty),
+            &base,
+            "r",
+        )
+        .env("VK_LOADER_DEBUG", "info")
+        .env_remove("BURN_DEVICE")
+        .output()
+        .expect("fit");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{steps:?}: {stderr}");
+        assert!(
+            !stderr.contains(LOADER),
+            "fit {steps:?} on the CPU opened Vulkan: {stderr}"
+        );
+    }
+    let log = train::read_log(&base.join("runs/r/log.jsonl"));
+    assert_eq!(log.len(), 2, "one step, then one resumed step");
+}
+
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_fit_steps_equal_the_cpu_backend_and_export_to_onnx_runtime_issue14() {
