@@ -28,8 +28,15 @@ fn model_json(bundle: &Path) -> Value {
 }
 
 /// Checks the QDQ graph of `int8` against its fp32 source `fp32` in Python (onnx, onnxruntime,
-/// numpy, Pillow) on `images`; returns the script's stdout (one line per finding).
-fn python_check(fp32: &Path, int8: &Path, images: &[PathBuf], max_error: f64) -> String {
+/// numpy, Pillow) on `images`; convolutions named with a `kept` prefix must have kept their
+/// fp32 weights. Returns the script's stdout (one line per finding).
+fn python_check(
+    fp32: &Path,
+    int8: &Path,
+    kept: &[&str],
+    images: &[PathBuf],
+    max_error: f64,
+) -> String {
     let script = r#"
 import sys, tempfile, os
 import numpy as np, onnx, onnxruntime as ort
@@ -37,7 +44,8 @@ from onnx import numpy_helper
 from PIL import Image
 
 fp32_path, int8_path, max_error = sys.argv[1], sys.argv[2], float(sys.argv[3])
-images = sys.argv[4:]
+kept = tuple(p for p in sys.argv[4].split(",") if p)
+images = sys.argv[5:]
 q = onnx.load(int8_path)
 onnx.checker.check_model(q, full_check=True)
 f = onnx.load(fp32_path)
@@ -59,8 +67,14 @@ def dq_inputs(name):
     return [init_q.get(i) for i in dq.input], dq
 
 worst_w = 0
-for conv in convs_q:
-    # Every input of every convolution is dequantized int8/uint8/int32: ORT can fuse it.
+for conv in [c for c in convs_q if c.name.startswith(kept)]:
+    # A kept convolution has the fp32 model's own weights and bias, not a dequantized copy.
+    for i in (1, 2):
+        assert conv.input[i] not in producer, (conv.name, conv.input[i])
+        assert np.array_equal(init_q[conv.input[i]], init_f[convs_f[conv.name].input[i]]), conv.name
+print("kept fp32", sum(c.name.startswith(kept) for c in convs_q))
+for conv in [c for c in convs_q if not c.name.startswith(kept)]:
+    # Every input of every other convolution is dequantized int8/uint8/int32: ORT can fuse it.
     dq_inputs(conv.input[0])
     (wq, ws, wz), wdq = dq_inputs(conv.input[1])
     (bq, bs, bz), _ = dq_inputs(conv.input[2])
@@ -110,6 +124,7 @@ print("ok")
         .arg(fp32.join("model.onnx"))
         .arg(int8.join("model.onnx"))
         .arg(max_error.to_string())
+        .arg(kept.join(","))
         .args(images));
     let stdout = text(&output.stdout);
     assert!(
@@ -120,8 +135,9 @@ print("ok")
     stdout
 }
 
-/// The shipped model, quantized on 4 validation images: a valid QDQ graph whose weights,
-/// biases, fusion and maps are checked independently; model.json records where it came from.
+/// The shipped model, quantized on 4 validation images with the defaults: a valid QDQ graph
+/// whose weights, biases, fusion and maps are checked independently, the autoencoder left in
+/// fp32; model.json records where it came from.
 #[test]
 fn quantized_shipped_model_is_a_checked_qdq_graph_close_to_fp32_issue15() {
     let fp32 = root().join("onnx/mtd-s");
@@ -130,7 +146,38 @@ fn quantized_shipped_model_is_a_checked_qdq_graph_close_to_fp32_issue15() {
     let output = quantize(&fp32, &images, &out, &["--max-images", "4"]);
     let stderr = text(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("22 convolutions int8"), "{stderr}");
+    assert!(
+        stderr.contains("8 convolutions int8, kept fp32: autoencoder/enc1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("warning"), "{stderr}");
+    // Dark and bright tiles (MTD's exposures exp1 and exp6): the autoencoder's activations
+    // differ ~200x between them, more than one 8-bit scale per tensor holds. Kept fp32 (the
+    // default) its map stays close (measured ae 2.6%); quantized as well, the command warns
+    // how far off it is (ae 147%; the warning starts at 25%).
+    let mixed = temp_dir("quantize-mixed");
+    let validation = mtd().join("validation/good");
+    let mut names: Vec<String> = std::fs::read_dir(&validation)
+        .expect("validation folder")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    for prefix in ["exp1_", "exp6_"] {
+        for name in names.iter().filter(|n| n.starts_with(prefix)).take(4) {
+            std::fs::copy(validation.join(name), mixed.join(name)).expect("copy image");
+        }
+    }
+    for (extra, warns) in [(&[][..], false), (&["--int8-autoencoder"][..], true)] {
+        let out = temp_dir("quantize-mixed-out").join("int8");
+        let output = quantize(&fp32, &mixed, &out, extra);
+        let stderr = text(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert_eq!(
+            stderr.contains("warning: a map differs from fp32 by"),
+            warns,
+            "{extra:?}: {stderr}"
+        );
+    }
 
     let info = model_json(&out);
     assert_eq!(info["precision"], "int8");
@@ -146,23 +193,27 @@ fn quantized_shipped_model_is_a_checked_qdq_graph_close_to_fp32_issue15() {
     assert_eq!(q["images"], 4);
     assert_eq!(q["calibration_images"], images.display().to_string());
     assert_eq!(q["activation_ranges"], "percentile 99.999");
-    // The written graph is smaller: int8 weights.
+    // The written graph is smaller: int8 weights for teacher and student (the autoencoder's
+    // 3.2 MB stay fp32; measured 11.4 MB of 32.2 MB).
     let size = |p: &Path| std::fs::metadata(p.join("model.onnx")).expect("size").len();
     assert!(
-        size(&out) * 3 < size(&fp32),
+        size(&out) * 5 < size(&fp32) * 2,
         "{} vs {}",
         size(&out),
         size(&fp32)
     );
 
-    // Test images (not the calibration ones): maps within 5% (mean |int8 − fp32| / mean |fp32|;
-    // measured about 1% with 95 calibration images, 1–2% with these 4).
+    // Test images (not the calibration ones): maps within 8% (mean |int8 − fp32| / mean |fp32|;
+    // measured with these 4 calibration images: st 4.7–4.9%, ae 2.0–2.3%; with the
+    // autoencoder quantized too the ae map is off by ~300%). On the full MTD test split the
+    // 95-image int8 model of this kind is 0.3 point of image AUROC from fp32 (README: int8).
     let test = first_files(&mtd().join("test/crack"), 2);
-    let report = python_check(&fp32, &out, &test, 0.05);
+    let report = python_check(&fp32, &out, &["autoencoder/"], &test, 0.08);
     eprintln!("{report}");
     assert!(report.contains("convolutions 22"), "{report}");
+    assert!(report.contains("kept fp32 14"), "{report}");
     assert!(
-        report.contains("integer convolutions 22 float convolutions 0"),
+        report.contains("integer convolutions 8 float convolutions 14"),
         "{report}"
     );
 }
@@ -182,6 +233,7 @@ fn int8_bundle_works_in_every_command_and_keeps_fp32_layers_issue15() {
         &[
             "--keep-fp32",
             "student/conv4",
+            "--int8-autoencoder",
             "--percentile",
             "100",
             "--sensitivity",
