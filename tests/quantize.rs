@@ -195,15 +195,16 @@ fn quantized_shipped_model_is_a_checked_qdq_graph_close_to_fp32_issue15() {
     // default) its map stays close (measured ae 2.6%); quantized as well, the command warns
     // how far off it is (ae 147%; the warning starts at 25%).
     let mixed = temp_dir("quantize-mixed");
-    let validation = mtd().join("validation/good");
-    let mut names: Vec<String> = std::fs::read_dir(&validation)
-        .expect("validation folder")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    names.sort();
+    let validation = first_files(&mtd().join("validation/good"), usize::MAX);
     for prefix in ["exp1_", "exp6_"] {
-        for name in names.iter().filter(|n| n.starts_with(prefix)).take(4) {
-            std::fs::copy(validation.join(name), mixed.join(name)).expect("copy image");
+        let tiles = validation.iter().filter(|f| {
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        });
+        for tile in tiles.take(4) {
+            let name = tile.file_name().expect("name");
+            std::fs::copy(tile, mixed.join(name)).expect("copy image");
         }
     }
     for (extra, warns) in [(&[][..], false), (&["--int8-autoencoder"][..], true)] {
