@@ -91,11 +91,23 @@ pub fn score(combined: &[f32]) -> f32 {
 /// Pads a `size`x`size` map with [`MAP_PAD`] zeros per side and resizes it bilinearly
 /// (half-pixel centres, as PyTorch's `align_corners=False`) to `width`x`height`.
 pub fn to_image_size(map: &[f32], size: usize, width: usize, height: usize) -> Vec<f32> {
-    let padded_size = size + 2 * MAP_PAD;
+    to_image_size_padded(map, size, MAP_PAD, width, height)
+}
+
+/// [`to_image_size`] with `pad` zero cells per side: 0 for a map whose grid already covers the
+/// whole image (the feature maps `efficientad-train gauge` scores).
+pub fn to_image_size_padded(
+    map: &[f32],
+    size: usize,
+    pad: usize,
+    width: usize,
+    height: usize,
+) -> Vec<f32> {
+    let padded_size = size + 2 * pad;
     let mut padded = vec![0f32; padded_size * padded_size];
     for y in 0..size {
         let row = &map[y * size..(y + 1) * size];
-        let start = (y + MAP_PAD) * padded_size + MAP_PAD;
+        let start = (y + pad) * padded_size + pad;
         padded[start..start + size].copy_from_slice(row);
     }
     resize_bilinear(&padded, padded_size, padded_size, width, height)

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::anomaly::{quantile_sorted, to_image_size};
+use crate::anomaly::{quantile_sorted, to_image_size_padded};
 use crate::metrics::{PixelImage, PixelMetrics, PixelSource, pixel_metrics, roc_auc};
 
 /// One judged test image.
@@ -22,6 +22,10 @@ pub struct EvalImage {
     /// Combined map, `map_size`².
     pub map: Vec<f32>,
     pub map_size: usize,
+    /// Zero cells added per side before the map is resized to the image:
+    /// [`crate::anomaly::MAP_PAD`] for an EfficientAD map (SPEC: pad 56 → 64), 0 for a map
+    /// whose grid covers the whole image.
+    pub map_pad: usize,
     pub width: usize,
     pub height: usize,
     /// Ground truth as bits (row-major, `width`x`height`); `None` for a defect image without
@@ -52,7 +56,8 @@ impl PixelSource for Subset<'_> {
 
     fn with_image(&self, index: usize, f: &mut dyn FnMut(PixelImage<'_>)) {
         let img = self.images[index];
-        let scores = to_image_size(&img.map, img.map_size, img.width, img.height);
+        let scores =
+            to_image_size_padded(&img.map, img.map_size, img.map_pad, img.width, img.height);
         let bits = img.mask.as_deref().unwrap_or(&[]);
         let mask: Vec<u8> = (0..scores.len())
             .map(|i| bits.get(i / 64).map_or(0, |w| ((w >> (i % 64)) & 1) as u8))

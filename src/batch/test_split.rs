@@ -38,7 +38,7 @@ pub struct TestRun {
 
 /// The ground truth of one image as bits: its mask, all zeros for a good image, `None` for a
 /// defect image without a mask.
-fn load_mask(
+pub fn load_mask(
     item: &TestImage,
     width: usize,
     height: usize,
@@ -108,6 +108,7 @@ pub fn run_test_split(
                         score: judged.score,
                         map: combined.clone(),
                         map_size: maps.map_size,
+                        map_pad: crate::anomaly::MAP_PAD,
                         width: w,
                         height: h,
                         mask,

@@ -178,7 +178,10 @@ pub fn bench_distill(
         .device(config.allow_cpu_adapter)
         .map_err(BenchError::Other)?
         .autodiff();
-    let files = data::folder_files(&config.natural_images)?;
+    let pool = distill::ImagePool::open(&[distill::ImageFolder {
+        dir: config.natural_images.clone(),
+        weight: 1.0,
+    }])?;
     let mut backbone = Backbone::open(&config.backbone)?;
     let mut rng = Rng::new(0);
     let mut pdn = PdnConfig::new(config.variant, TEACHER_CHANNELS)
@@ -200,8 +203,10 @@ pub fn bench_distill(
             pdn,
             &mut optim,
             &mut backbone,
-            &files,
+            &pool,
             &targets,
+            &distill::TargetOptions::default(),
+            distill::DISTILL_LEARNING_RATE,
             config.distill_batch,
             &mut rng,
             &device,

@@ -7,6 +7,7 @@ mod distill_teacher;
 mod doctor;
 mod export;
 mod fit;
+mod gauge;
 mod import_teacher;
 mod plot;
 
@@ -40,6 +41,10 @@ enum Command {
     /// Train student and autoencoder on the good images of an MVTec-layout dataset, export the
     /// bundle to --out and calibrate it on validation/good (or 10% of train held out).
     Fit(fit::FitArgs),
+    /// Gauge a teacher or a distillation target before training a student: nearest-neighbour
+    /// scores of a dataset's test images against a random memory of good training features
+    /// (image AUROC, pixel AUROC, AU-PRO), in minutes.
+    Gauge(gauge::GaugeArgs),
     /// Time the real `fit` step (all four losses, Adam, batch 1, 256²) and the real distillation
     /// step (backbone targets included) on real images, and — when python3 can import torch —
     /// PyTorch's same steps in the same invocation (ratio above 1: Burn is faster).
@@ -63,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor => doctor::run(),
         Command::DistillTeacher(args) => distill_teacher::run(args),
         Command::Fit(args) => fit::run(args),
+        Command::Gauge(args) => gauge::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Plot(args) => plot::run(args),
         Command::DemoSamples(args) => demo_samples::run(args),

@@ -173,6 +173,32 @@ pub fn grayscale(chw: &mut [f32]) {
     }
 }
 
+/// Mean and standard deviation every image has after [`normalize_exposure`]: those of the
+/// ImageNet images the backbones were trained on, averaged over the channels.
+pub const EXPOSURE_MEAN: f32 = 0.45;
+pub const EXPOSURE_STD: f32 = 0.225;
+/// Below this standard deviation an image is treated as flat (no contrast is invented).
+pub const EXPOSURE_MIN_STD: f32 = 1e-2;
+
+/// Per-image exposure normalization of a CHW image in [0, 1]: one gain and one offset for all
+/// pixels and channels move the image's mean to [`EXPOSURE_MEAN`] and its standard deviation
+/// to [`EXPOSURE_STD`]. A camera's exposure time or a lamp's ageing scales the whole image, so
+/// after this the same surface looks the same at every exposure. Linear, no clamping: the
+/// same arithmetic fits inside an exported graph.
+pub fn normalize_exposure(chw: &mut [f32]) {
+    let n = chw.len().max(1) as f64;
+    let mean = chw.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    let var = chw
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let gain = f64::from(EXPOSURE_STD) / var.sqrt().max(f64::from(EXPOSURE_MIN_STD));
+    for v in chw {
+        *v = ((f64::from(*v) - mean) * gain + f64::from(EXPOSURE_MEAN)) as f32;
+    }
+}
+
 /// The autoencoder's augmentation (SPEC: one of brightness, contrast, saturation).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ColorJitter {
@@ -249,5 +275,26 @@ mod tests {
         let mut x = px();
         ColorJitter::Contrast(0.8).apply(&mut x);
         assert!((x[0] - (0.8 * 0.5 + 0.2 * l)).abs() < 1e-6);
+    }
+
+    /// Two exposures of one surface (gain 3, offset 0.05) become the same image, with the
+    /// stated mean and standard deviation; a flat image stays flat.
+    #[test]
+    fn exposure_normalization_undoes_gain_and_offset() {
+        let dark: Vec<f32> = (0..300).map(|i| 0.1 + 0.002 * (i % 50) as f32).collect();
+        let mut bright: Vec<f32> = dark.iter().map(|v| 3.0 * v + 0.05).collect();
+        let mut dark = dark;
+        normalize_exposure(&mut dark);
+        normalize_exposure(&mut bright);
+        for (a, b) in dark.iter().zip(&bright) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        let n = dark.len() as f32;
+        let mean = dark.iter().sum::<f32>() / n;
+        let std = (dark.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt();
+        assert!((mean - EXPOSURE_MEAN).abs() < 1e-5 && (std - EXPOSURE_STD).abs() < 1e-5);
+        let mut flat = vec![0.3f32; 12];
+        normalize_exposure(&mut flat);
+        assert!(flat.iter().all(|&v| (v - EXPOSURE_MEAN).abs() < 1e-6));
     }
 }

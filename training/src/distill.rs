@@ -1,8 +1,9 @@
 //! Teacher distillation (SPEC.md, Teacher): a PDN with padding on learns to reproduce the
 //! normalized patch features of a frozen ImageNet backbone run through ONNX Runtime. The
-//! targets are made in [`target`]; this file runs the steps.
+//! targets are made in [`target`], normalized with [`stats`]; the run's resumable state lives
+//! in [`resume`]; this file runs the steps.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -11,9 +12,13 @@ use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 
+mod resume;
+mod stats;
 mod target;
 
-pub use target::{Backbone, adaptive_pool, patch_target, unfold_pool};
+pub use resume::DistillState;
+pub use stats::{TargetStats, stats_sample, target_stats};
+pub use target::{Backbone, TargetOptions, adaptive_pool, patch_target, unfold_pool, views};
 
 use crate::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
 use crate::data::{self, Rng};
@@ -34,6 +39,8 @@ pub enum DistillError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("backbone {path}: {reason}")]
     Backbone { path: PathBuf, reason: String },
+    #[error("resume: {0}")]
+    Resume(String),
     #[error("{0}")]
     Other(String),
 }
@@ -42,7 +49,8 @@ pub enum DistillError {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct DistillConfig {
     pub backbone: PathBuf,
-    pub images: PathBuf,
+    /// Image folders and their weights (the share of draws each gets).
+    pub images: Vec<ImageFolder>,
     pub variant: Variant,
     pub steps: usize,
     pub batch: usize,
@@ -57,18 +65,99 @@ pub struct DistillConfig {
     pub allow_cpu_adapter: bool,
     /// Divides the teacher's hidden widths (1: the paper's network; larger: tests).
     pub width_divisor: usize,
+    /// How the target is built from the backbone.
+    pub target: TargetOptions,
+    /// Adam's learning rate (the paper: 1e-4, constant, for 60,000 steps).
+    pub lr: f64,
+    pub lr_schedule: LrSchedule,
+    /// Where the resumable state goes (teacher with padding, optimizer, random stream).
+    pub work: PathBuf,
+    /// Save the resumable state every this many steps (and always at the end or on Ctrl-C).
+    pub checkpoint_every: usize,
 }
 
-/// Seed offset of the statistics sample: independent of the draws of the steps.
-const STATS_SEED: u64 = 0x5747_5354;
+/// One folder of distillation images and the weight of its draws.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ImageFolder {
+    pub dir: PathBuf,
+    pub weight: f64,
+}
 
-/// The images whose targets give the normalization statistics: `count` files drawn without
-/// replacement with `seed`. A random sample, not the first files: a folder sorted by class
-/// would otherwise give statistics of a few classes only.
-pub fn stats_sample(files: &[PathBuf], count: usize, seed: u64) -> Vec<PathBuf> {
-    let mut order: Vec<&PathBuf> = files.iter().collect();
-    Rng::new(seed ^ STATS_SEED).shuffle(&mut order);
-    order.into_iter().take(count.max(1)).cloned().collect()
+/// The learning rate over a run's steps.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The paper's: the same rate throughout.
+    Constant,
+    /// Half a cosine from the rate down to zero at the last step: a larger starting rate for
+    /// short budgets, annealed so the last steps refine.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The rate of step `step` (0-based) of `steps`.
+    pub fn at(self, lr: f64, step: usize, steps: usize) -> f64 {
+        match self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Cosine => {
+                let t = step as f64 / steps.max(1) as f64;
+                0.5 * lr * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+}
+
+/// The files of the image folders with their weights, and the draw of one file.
+pub struct ImagePool {
+    folders: Vec<(Vec<PathBuf>, f64)>,
+}
+
+impl ImagePool {
+    pub fn open(folders: &[ImageFolder]) -> Result<Self, DistillError> {
+        let mut out = Vec::new();
+        for f in folders {
+            if !(f.weight.is_finite() && f.weight > 0.0) {
+                return Err(DistillError::Other(format!(
+                    "the weight of {} is {}; weights must be positive numbers",
+                    f.dir.display(),
+                    f.weight
+                )));
+            }
+            out.push((data::folder_files(&f.dir)?, f.weight));
+        }
+        if out.is_empty() {
+            return Err(DistillError::Other("no image folder given".into()));
+        }
+        Ok(Self { folders: out })
+    }
+
+    /// Every file of every folder (for the statistics sample).
+    pub fn all_files(&self) -> Vec<PathBuf> {
+        self.folders.iter().flat_map(|(f, _)| f.clone()).collect()
+    }
+
+    /// One file: a folder by weight, then a file uniformly. With one folder only the file is
+    /// drawn, so single-folder runs keep the random stream they always had.
+    pub fn draw(&self, rng: &mut Rng) -> &PathBuf {
+        let files = if self.folders.len() == 1 {
+            &self.folders[0].0
+        } else {
+            let total: f64 = self.folders.iter().map(|(_, w)| w).sum();
+            let mut u = rng.uniform() * total;
+            let mut chosen = &self.folders[self.folders.len() - 1].0;
+            for (files, w) in &self.folders {
+                if u < *w {
+                    chosen = files;
+                    break;
+                }
+                u -= w;
+            }
+            chosen
+        };
+        &files[rng.below(files.len())]
+    }
 }
 
 pub enum Event<'a> {
@@ -90,33 +179,7 @@ pub enum Event<'a> {
     },
 }
 
-/// One image in both views: backbone input (512²) and PDN input (256²), CHW in [0, 1].
-fn views(path: &Path, gray: bool) -> Result<(Vec<f32>, Vec<f32>), String> {
-    let img = efficientad::preprocess::decode_file(path).map_err(|e| e.to_string())?;
-    let mut big = efficientad::preprocess::Preprocessor::new(BACKBONE_SIZE);
-    let mut small = efficientad::preprocess::Preprocessor::new(IMAGE_SIZE);
-    let mut b = data::to_chw(
-        &big.prepare_vec(img.clone()).map_err(|e| e.to_string())?,
-        BACKBONE_SIZE,
-    );
-    let mut s = data::to_chw(
-        &small.prepare_vec(img).map_err(|e| e.to_string())?,
-        IMAGE_SIZE,
-    );
-    if gray {
-        data::grayscale(&mut b);
-        data::grayscale(&mut s);
-    }
-    Ok((b, s))
-}
-
-/// Per-channel mean and std of the distillation targets (SPEC: target normalization).
-pub struct TargetStats {
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-}
-
-/// Learning rate of distillation (SPEC).
+/// Learning rate of distillation (SPEC), `--lr`'s default.
 pub const DISTILL_LEARNING_RATE: f64 = 1e-4;
 
 /// One distillation step: draws `batch` readable images from `files` with `rng` (each turned
@@ -128,22 +191,24 @@ pub fn distill_step(
     pdn: Pdn,
     optim: &mut ModuleOptimizer,
     backbone: &mut Backbone,
-    files: &[PathBuf],
+    pool: &ImagePool,
     targets: &TargetStats,
+    options: &TargetOptions,
+    lr: f64,
     batch: usize,
     rng: &mut Rng,
     device: &Device,
     skipped: &mut dyn FnMut(&str),
 ) -> Result<(Pdn, f64), DistillError> {
-    let grid = BACKBONE_SIZE / 8;
-    let mut big = Vec::with_capacity(batch * 3 * BACKBONE_SIZE * BACKBONE_SIZE);
+    let grid = options.size / 8;
+    let mut big = Vec::with_capacity(batch * 3 * options.size * options.size);
     let mut small = Vec::with_capacity(batch * 3 * IMAGE_SIZE * IMAGE_SIZE);
     let mut n = 0;
     let mut failures = 0;
     while n < batch {
-        let f = &files[rng.below(files.len())];
+        let f = pool.draw(rng);
         let gray = rng.uniform() < GRAY_P;
-        match views(f, gray) {
+        match views(f, gray, options) {
             Ok((b, s)) => {
                 big.extend(b);
                 small.extend(s);
@@ -164,13 +229,9 @@ pub fn distill_step(
     }
     let channels = backbone.channels();
     let mut target = Vec::with_capacity(n * channels * grid * grid);
-    for t in backbone.targets(&big, n)? {
-        let plane = t.len() / channels;
-        target.extend(
-            t.iter()
-                .enumerate()
-                .map(|(i, v)| (v - targets.mean[i / plane]) / targets.std[i / plane]),
-        );
+    for mut t in backbone.targets(&big, n, options.size)? {
+        targets.apply(&mut t);
+        target.extend(t);
     }
     let target = Tensor::<4>::from_data(TensorData::new(target, [n, channels, grid, grid]), device);
     let x = imagenet_normalize(Tensor::from_data(
@@ -181,16 +242,18 @@ pub fn distill_step(
     let value = crate::train::scalar(&loss);
     let mut grads = loss.backward();
     let g = GradientsParams::from_module(&mut grads, &pdn);
-    Ok((optim.step(DISTILL_LEARNING_RATE, pdn, g), value))
+    Ok((optim.step(lr, pdn, g), value))
 }
 
-/// Distills a teacher; returns it (padding off) with its checkpoint description.
+/// Distills a teacher (or resumes the run in `config.work`); returns it (padding off) with its
+/// checkpoint description.
 pub fn distill(
     config: &DistillConfig,
+    resume: bool,
     stop: Arc<AtomicBool>,
     events: &mut dyn FnMut(Event<'_>),
 ) -> Result<(Pdn, CheckpointInfo), DistillError> {
-    let files = data::folder_files(&config.images)?;
+    let pool = ImagePool::open(&config.images)?;
     // A narrowed teacher keeps the checkpoint convention (outputs = 384 / divisor), so its
     // targets are pooled to that many channels.
     let divisor = config.width_divisor.max(1);
@@ -201,85 +264,73 @@ pub fn distill(
         .device(config.allow_cpu_adapter)
         .map_err(DistillError::Other)?
         .autodiff();
-    let mut rng = Rng::new(config.seed);
-    let mut pdn = PdnConfig::new(config.variant, channels)
-        .with_padding(true)
-        .with_width_divisor(divisor)
-        .init(&device);
-    for conv in pdn.convs_mut() {
-        crate::model::init_conv(conv, &mut rng, &device);
-    }
 
-    // Wall time of the whole distillation, target statistics included.
+    // Wall time of the whole distillation, target statistics included (and a resumed run's
+    // earlier sessions).
     let started = Instant::now();
-    let stats_files = stats_sample(&files, config.stats_images, config.seed);
-    let mut sum = vec![0f64; channels];
-    let mut sq = vec![0f64; channels];
-    let mut count = 0f64;
-    for (i, f) in stats_files.iter().enumerate() {
-        match views(f, false) {
-            Ok((big, _)) => {
-                let t = backbone.targets(&big, 1)?.remove(0);
-                let plane = t.len() / channels;
-                for c in 0..channels {
-                    for &v in &t[c * plane..(c + 1) * plane] {
-                        sum[c] += f64::from(v);
-                        sq[c] += f64::from(v) * f64::from(v);
-                    }
-                }
-                count += plane as f64;
-            }
-            Err(e) => events(Event::Message(&format!("skipping {}: {e}", f.display()))),
-        }
-        events(Event::Stats {
-            done: i + 1,
-            total: stats_files.len(),
-        });
-    }
-    if count == 0.0 {
-        return Err(DistillError::Other(format!(
-            "no readable image in {}",
-            config.images.display()
+    let (mut pdn, mut optim, mut state) = if resume {
+        let (pdn, optim, state) = resume::load(config, &device)?;
+        events(Event::Message(&format!(
+            "resuming {} at step {}",
+            config.work.display(),
+            state.step
         )));
-    }
-    let mean: Vec<f32> = sum.iter().map(|s| (s / count) as f32).collect();
-    let std: Vec<f32> = sq
-        .iter()
-        .zip(&sum)
-        .map(|(q, s)| ((q / count - (s / count).powi(2)).max(0.0).sqrt() as f32).max(1e-6))
-        .collect();
+        (pdn, optim, state)
+    } else {
+        let mut rng = Rng::new(config.seed);
+        let mut pdn = PdnConfig::new(config.variant, channels)
+            .with_padding(true)
+            .with_width_divisor(divisor)
+            .init(&device);
+        for conv in pdn.convs_mut() {
+            crate::model::init_conv(conv, &mut rng, &device);
+        }
+        let stats_files = stats_sample(&pool.all_files(), config.stats_images, config.seed);
+        let targets = target_stats(&mut backbone, &stats_files, &config.target, events)?;
+        let state = DistillState::new(config, rng, targets);
+        (pdn, crate::train::adam(), state)
+    };
+    let earlier = state.wall_seconds;
+    let targets = state.targets();
+    let wall = |started: &Instant| earlier + started.elapsed().as_secs_f64();
 
-    let mut optim = crate::train::adam();
-    let targets = TargetStats { mean, std };
-    let mut step = 0;
-    while step < config.steps {
+    while state.step < config.steps {
         if stop.load(Ordering::SeqCst) {
             events(Event::Message(&format!(
-                "interrupted at step {step}; saving the teacher as it is"
+                "interrupted at step {}; saving the teacher as it is (--resume continues)",
+                state.step
             )));
             break;
         }
         let t0 = Instant::now();
+        let lr = config.lr_schedule.at(config.lr, state.step, config.steps);
         let (stepped, value) = distill_step(
             pdn,
             &mut optim,
             &mut backbone,
-            &files,
+            &pool,
             &targets,
+            &config.target,
+            lr,
             config.batch,
-            &mut rng,
+            &mut state.rng,
             &device,
             &mut |m| events(Event::Message(m)),
         )?;
         pdn = stepped;
-        step += 1;
+        state.step += 1;
+        let step = state.step;
         events(Event::Step {
             step,
             loss: value,
             images_per_second: config.batch as f64 / t0.elapsed().as_secs_f64(),
         });
+        if config.checkpoint_every > 0 && step % config.checkpoint_every == 0 {
+            state.wall_seconds = wall(&started);
+            resume::save(config, &pdn, &optim, &state)?;
+        }
         if config.save_every > 0 && step % config.save_every == 0 && step < config.steps {
-            let (teacher, info) = finished(&pdn, config, step, started.elapsed().as_secs_f64());
+            let (teacher, info) = finished(&pdn, config, step, wall(&started));
             events(Event::Snapshot {
                 step,
                 teacher: &teacher,
@@ -287,12 +338,9 @@ pub fn distill(
             });
         }
     }
-    Ok(finished(
-        &pdn,
-        config,
-        step,
-        started.elapsed().as_secs_f64(),
-    ))
+    state.wall_seconds = wall(&started);
+    resume::save(config, &pdn, &optim, &state)?;
+    Ok(finished(&pdn, config, state.step, state.wall_seconds))
 }
 
 /// The distilled teacher after `step` steps (padding off, as the student trains against it)
@@ -312,7 +360,12 @@ fn finished(
         teacher: TeacherProvenance::Distilled {
             backbone: config.backbone.display().to_string(),
             backbone_sha256: efficientad::bundle::file_sha256(&config.backbone).unwrap_or_default(),
-            images: config.images.display().to_string(),
+            images: config
+                .images
+                .iter()
+                .map(|f| format!("{}={}", f.dir.display(), f.weight))
+                .collect::<Vec<_>>()
+                .join(","),
             steps: step,
         },
         training: serde_json::json!({
@@ -321,6 +374,9 @@ fn finished(
             "images_seen": step * config.batch,
             "stats_images": config.stats_images,
             "stats_sample": "seeded random sample of the image folder",
+            "target": config.target,
+            "lr": config.lr,
+            "lr_schedule": config.lr_schedule,
             "wall_seconds": wall_seconds,
             "command": std::env::args().collect::<Vec<_>>().join(" "),
         }),
@@ -332,31 +388,59 @@ fn finished(
 mod tests {
     use super::*;
 
-    /// A folder sorted by class: the statistics sample must reach across it, not take the head,
-    /// and be the same for the same seed.
     #[test]
-    fn stats_sample_is_seeded_and_spread_over_the_folder() {
-        let files: Vec<PathBuf> = (0..1000)
-            .map(|i| PathBuf::from(format!("{i:04}.jpg")))
-            .collect();
-        let a = stats_sample(&files, 100, 0);
-        assert_eq!(a, stats_sample(&files, 100, 0));
-        assert_ne!(a, stats_sample(&files, 100, 1));
-        assert_eq!(a.len(), 100);
-        let mut unique = a.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), 100, "drawn without replacement");
-        let index = |p: &PathBuf| -> usize { p.to_string_lossy()[..4].parse().expect("index") };
-        // Every tenth of the folder is represented (a uniform draw misses one with p < 0.003).
-        for decile in 0..10 {
-            assert!(
-                a.iter().any(|p| index(p) / 100 == decile),
-                "no image from {}..{}",
-                decile * 100,
-                decile * 100 + 99
-            );
+    fn cosine_schedule_starts_at_the_rate_and_ends_near_zero() {
+        let s = LrSchedule::Cosine;
+        assert_eq!(s.at(1e-3, 0, 100), 1e-3);
+        assert!((s.at(1e-3, 50, 100) - 5e-4).abs() < 1e-12);
+        assert!(s.at(1e-3, 99, 100) < 1e-6);
+        assert_eq!(LrSchedule::Constant.at(1e-4, 99, 100), 1e-4);
+    }
+
+    /// Two folders weighted 3:1 get about 3/4 and 1/4 of the draws; one folder draws only the
+    /// file (the stream of single-folder runs is unchanged).
+    #[test]
+    fn weighted_folders_share_the_draws() {
+        let dir = std::env::temp_dir().join(format!("distill-pool-{}", std::process::id()));
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d).expect("mkdir");
+            for i in 0..3 {
+                std::fs::write(d.join(format!("{i}.png")), b"x").expect("file");
+            }
         }
-        assert_eq!(stats_sample(&files[..5], 100, 0).len(), 5);
+        let pool = ImagePool::open(&[
+            ImageFolder {
+                dir: a.clone(),
+                weight: 3.0,
+            },
+            ImageFolder {
+                dir: b.clone(),
+                weight: 1.0,
+            },
+        ])
+        .expect("pool");
+        let mut rng = Rng::new(1);
+        let from_a = (0..4000)
+            .filter(|_| pool.draw(&mut rng).starts_with(&a))
+            .count();
+        assert!((2850..3150).contains(&from_a), "{from_a} of 4000 from a");
+        let single = ImagePool::open(&[ImageFolder {
+            dir: a.clone(),
+            weight: 1.0,
+        }])
+        .expect("pool");
+        let (mut r1, mut r2) = (Rng::new(7), Rng::new(7));
+        let files = data::folder_files(&a).expect("files");
+        for _ in 0..10 {
+            assert_eq!(single.draw(&mut r1), &files[r2.below(files.len())]);
+        }
+        assert!(
+            ImagePool::open(&[ImageFolder {
+                dir: a,
+                weight: 0.0
+            }])
+            .is_err()
+        );
     }
 }

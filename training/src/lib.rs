@@ -9,6 +9,7 @@ pub mod curves;
 pub mod data;
 pub mod distill;
 pub mod export;
+pub mod gauge;
 pub mod loss;
 pub mod model;
 pub mod pool;

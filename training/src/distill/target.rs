@@ -12,7 +12,8 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use super::{BACKBONE_SIZE, DistillError, POOL_DIM};
-use crate::model::TEACHER_CHANNELS;
+use crate::data;
+use crate::model::{IMAGE_SIZE, TEACHER_CHANNELS};
 
 /// Adaptive average pooling of a vector to `out` bins (PyTorch's bin edges).
 pub fn adaptive_pool(input: &[f32], out: usize, dst: &mut [f32]) {
@@ -115,6 +116,70 @@ pub fn patch_target(
     target
 }
 
+/// How the distillation target is made from the backbone's features; recorded with the
+/// teacher, since the gauge and `distill-teacher` must build the same target.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TargetOptions {
+    /// Backbone input side (the paper: 512, giving the 64² grid a padded PDN outputs at 256²).
+    pub size: usize,
+    /// Each image's global brightness and contrast are normalized before both networks see
+    /// it ([`data::normalize_exposure`]).
+    #[serde(default)]
+    pub normalize_exposure: bool,
+}
+
+impl Default for TargetOptions {
+    fn default() -> Self {
+        Self {
+            size: BACKBONE_SIZE,
+            normalize_exposure: false,
+        }
+    }
+}
+
+impl TargetOptions {
+    pub fn describe(&self) -> String {
+        format!(
+            "{0}x{0} input, exposure {1}",
+            self.size,
+            if self.normalize_exposure {
+                "normalized"
+            } else {
+                "as captured"
+            }
+        )
+    }
+}
+
+/// One image in both views: backbone input (`options.size`²) and PDN input (256²), CHW in
+/// [0, 1] (exposure-normalized when the options say so).
+pub fn views(
+    path: &Path,
+    gray: bool,
+    options: &TargetOptions,
+) -> Result<(Vec<f32>, Vec<f32>), String> {
+    let img = efficientad::preprocess::decode_file(path).map_err(|e| e.to_string())?;
+    let mut big = efficientad::preprocess::Preprocessor::new(options.size);
+    let mut small = efficientad::preprocess::Preprocessor::new(IMAGE_SIZE);
+    let mut b = data::to_chw(
+        &big.prepare_vec(img.clone()).map_err(|e| e.to_string())?,
+        options.size,
+    );
+    let mut s = data::to_chw(
+        &small.prepare_vec(img).map_err(|e| e.to_string())?,
+        IMAGE_SIZE,
+    );
+    if gray {
+        data::grayscale(&mut b);
+        data::grayscale(&mut s);
+    }
+    if options.normalize_exposure {
+        data::normalize_exposure(&mut b);
+        data::normalize_exposure(&mut s);
+    }
+    Ok((b, s))
+}
+
 /// The frozen backbone in ONNX Runtime.
 pub struct Backbone {
     session: Session,
@@ -157,9 +222,15 @@ impl Backbone {
         self.channels
     }
 
-    /// Targets for a batch of CHW images at `BACKBONE_SIZE`², each `[384, 64·64]`.
-    pub fn targets(&mut self, batch: &[f32], n: usize) -> Result<Vec<Vec<f32>>, DistillError> {
-        let s = BACKBONE_SIZE;
+    /// Targets for a batch of CHW images at `size`², each `[channels, (size/8)²]` (384 x 64² at
+    /// the paper's 512).
+    pub fn targets(
+        &mut self,
+        batch: &[f32],
+        n: usize,
+        size: usize,
+    ) -> Result<Vec<Vec<f32>>, DistillError> {
+        let s = size;
         let path = self.path.clone();
         let error = |e: &dyn std::fmt::Display| DistillError::Backbone {
             path: path.clone(),

@@ -1,0 +1,480 @@
+//! The teacher gauge: how well a feature map describes a dataset's defects, in minutes and
+//! without training a student. A memory of patch features is drawn at random (seeded) from
+//! the good training images; every cell of a test image is scored by its distance to the
+//! nearest memory vector (PatchCore's nearest-neighbour rule), the image by its largest cell.
+//! A teacher whose features rank MTD's parts badly here cannot make the student-teacher
+//! discrepancy rank them well either, so the gauge compares teachers and distillation targets
+//! long before a 2-hour `fit` could.
+//!
+//! The features come from a [`FeatureSource`] ([`features`]): a teacher checkpoint, or the
+//! distillation target of a backbone exactly as `distill-teacher` builds it.
+
+use std::path::Path;
+use std::time::Instant;
+
+use efficientad::batch::test_split::load_mask;
+use efficientad::dataset::test_set;
+use efficientad::evaluation::{EvalImage, EvalReport, report};
+use efficientad::metrics::{DEFAULT_BUDGET, DEFAULT_FPR_LIMIT, roc_auc};
+use serde::Serialize;
+
+pub mod features;
+
+pub use features::{FeatureMap, FeatureSource, GaugeError};
+
+use crate::conv::cpu::{View, matmul};
+use crate::data::Rng;
+
+/// Settings of one gauge run.
+#[derive(Clone, Debug, Serialize)]
+pub struct GaugeConfig {
+    /// Memory vectors drawn from the training images' cells.
+    pub memory: usize,
+    pub seed: u64,
+    /// Cells of the feature grid left out at each edge for the second image score.
+    pub ring: usize,
+}
+
+/// What the gauge measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct GaugeResult {
+    pub features: String,
+    /// Feature grid (cells per side) and dimension.
+    pub grid: usize,
+    pub dim: usize,
+    pub memory: usize,
+    pub train_images: usize,
+    pub test_images: usize,
+    /// Image score = the largest cell distance.
+    pub image_auroc: Option<f64>,
+    /// The same with `ring` cells left out at each edge.
+    pub image_auroc_inner: Option<f64>,
+    pub ring: usize,
+    /// The nearest-neighbour map resized to each mask (per defect type too).
+    pub report: EvalReport,
+    /// Image AUROC within each group of test images that share a file-name prefix before the
+    /// first `_` (MTD: the exposure, `exp1`…`exp6`), each with at least one good and one
+    /// defective image.
+    pub image_auroc_by_prefix: Vec<(String, f64)>,
+    /// Every scored test image.
+    pub scores: Vec<ImageScore>,
+    pub seconds: f64,
+}
+
+/// One test image's scores.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageScore {
+    pub path: std::path::PathBuf,
+    pub anomalous: bool,
+    pub score: f32,
+    /// With the ring left out.
+    pub inner: f32,
+}
+
+/// What the gauge is doing, for a progress bar.
+pub enum Progress<'a> {
+    Memory { done: usize, total: usize },
+    Test { done: usize, total: usize },
+    Skipped(&'a str),
+}
+
+/// Position-major memory `[count, dim]` and the squared norm of each row.
+pub struct Memory {
+    dim: usize,
+    vectors: Vec<f32>,
+    norms: Vec<f32>,
+}
+
+/// Memory columns per product: a 4096-cell map against 4096 memory vectors is 64 MiB.
+const MEMORY_CHUNK: usize = 4096;
+
+impl Memory {
+    pub fn new(vectors: Vec<f32>, dim: usize) -> Self {
+        let norms = vectors
+            .chunks_exact(dim.max(1))
+            .map(|v| v.iter().map(|x| x * x).sum())
+            .collect();
+        Self {
+            dim,
+            vectors,
+            norms,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.norms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.norms.is_empty()
+    }
+
+    /// Euclidean distance of each of the position-major `cells` (`[n, dim]`) to its nearest
+    /// memory vector, as |a|² + |m|² − 2·a·m with the products on GEMM.
+    pub fn nearest(&self, cells: &[f32]) -> Vec<f32> {
+        let dim = self.dim;
+        let n = cells.len() / dim;
+        let cell_norms: Vec<f32> = cells
+            .chunks_exact(dim)
+            .map(|v| v.iter().map(|x| x * x).sum())
+            .collect();
+        let mut best = vec![f32::INFINITY; n];
+        let mut products = vec![0f32; n * MEMORY_CHUNK.min(self.len().max(1))];
+        for first in (0..self.len()).step_by(MEMORY_CHUNK) {
+            let cols = MEMORY_CHUNK.min(self.len() - first);
+            let block = &self.vectors[first * dim..(first + cols) * dim];
+            matmul(
+                (n, cols, dim),
+                &mut products,
+                cols,
+                false,
+                View {
+                    data: cells,
+                    row_stride: dim,
+                    col_stride: 1,
+                },
+                // The block is `[cols, dim]` row-major: read as `[dim, cols]`.
+                View {
+                    data: block,
+                    row_stride: 1,
+                    col_stride: dim,
+                },
+            );
+            for (i, b) in best.iter_mut().enumerate() {
+                let row = &products[i * cols..(i + 1) * cols];
+                for (j, &p) in row.iter().enumerate() {
+                    let d = cell_norms[i] + self.norms[first + j] - 2.0 * p;
+                    if d < *b {
+                        *b = d;
+                    }
+                }
+            }
+        }
+        // Rounding can leave a tiny negative square for a cell equal to a memory vector.
+        best.into_iter().map(|d| d.max(0.0).sqrt()).collect()
+    }
+}
+
+/// Draws `count` cells at random from the maps of `files`: each image gives the same share
+/// (rounded up, distinct cells), then the pool is shuffled and cut to `count`.
+pub fn build_memory(
+    source: &mut dyn FeatureSource,
+    files: &[std::path::PathBuf],
+    count: usize,
+    seed: u64,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Memory, GaugeError> {
+    let mut rng = Rng::new(seed);
+    let per_image = count.div_ceil(files.len().max(1)).max(1);
+    let mut pool: Vec<Vec<f32>> = Vec::new();
+    let mut dim = 0;
+    for (i, f) in files.iter().enumerate() {
+        match source.features(f) {
+            Ok(map) => {
+                dim = map.dim;
+                let cells = map.cells();
+                let mut order: Vec<usize> = (0..cells).collect();
+                // A partial Fisher–Yates shuffle: the first `take` entries are a uniform draw.
+                let take = per_image.min(cells);
+                for k in 0..take {
+                    let j = k + rng.below(cells - k);
+                    order.swap(k, j);
+                }
+                for &c in &order[..take] {
+                    pool.push(map.data[c * map.dim..(c + 1) * map.dim].to_vec());
+                }
+            }
+            Err(e) => progress(Progress::Skipped(&format!("skipping {}: {e}", f.display()))),
+        }
+        progress(Progress::Memory {
+            done: i + 1,
+            total: files.len(),
+        });
+    }
+    if pool.is_empty() {
+        return Err(GaugeError::Other(
+            "no training image could be read for the memory".into(),
+        ));
+    }
+    rng.shuffle(&mut pool);
+    pool.truncate(count.max(1));
+    Ok(Memory::new(pool.concat(), dim))
+}
+
+/// The largest value of a `grid`² map with `ring` cells left out at each edge (the whole map
+/// when the ring would leave nothing).
+pub fn inner_max(map: &[f32], grid: usize, ring: usize) -> f32 {
+    if 2 * ring >= grid {
+        return map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    }
+    let mut best = f32::NEG_INFINITY;
+    for y in ring..grid - ring {
+        for &v in &map[y * grid + ring..(y + 1) * grid - ring] {
+            best = best.max(v);
+        }
+    }
+    best
+}
+
+/// `exp3_num_123.jpg` → `exp3`; names without `_` have no group.
+fn prefix(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    name.split_once('_').map(|(p, _)| p.to_string())
+}
+
+/// Image AUROC per file-name prefix (groups with both labels only).
+fn auroc_by_prefix(images: &[EvalImage]) -> Vec<(String, f64)> {
+    let mut groups: std::collections::BTreeMap<String, (Vec<f32>, Vec<bool>)> = Default::default();
+    for img in images {
+        if let Some(p) = prefix(&img.path) {
+            let g = groups.entry(p).or_default();
+            g.0.push(img.score);
+            g.1.push(img.anomalous);
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|(p, (s, l))| roc_auc(&s, &l).map(|a| (p, a)))
+        .collect()
+}
+
+/// Runs the gauge on an MVTec-layout dataset: memory from `train/good`, scores on `test/`.
+pub fn gauge(
+    source: &mut dyn FeatureSource,
+    dataset: &Path,
+    config: &GaugeConfig,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<GaugeResult, GaugeError> {
+    let started = Instant::now();
+    let train = crate::data::folder_files(&dataset.join("train/good"))
+        .map_err(|e| GaugeError::Other(e.to_string()))?;
+    let test = test_set(dataset).map_err(|e| GaugeError::Other(e.to_string()))?;
+    let memory = build_memory(source, &train, config.memory, config.seed, progress)?;
+    let mut images = Vec::with_capacity(test.len());
+    let mut inner = Vec::with_capacity(test.len());
+    let (mut grid, mut dim) = (0, 0);
+    for (i, item) in test.iter().enumerate() {
+        let scored = source.features(&item.path).and_then(|map| {
+            if map.dim != memory.dim {
+                return Err(GaugeError::Other(format!(
+                    "{} gave {}-dimensional features, the memory holds {}",
+                    item.path.display(),
+                    map.dim,
+                    memory.dim
+                )));
+            }
+            let (w, h) = image::image_dimensions(&item.path)
+                .map_err(|e| GaugeError::Other(format!("{}: {e}", item.path.display())))?;
+            let mask = load_mask(item, w as usize, h as usize)
+                .map_err(|e| GaugeError::Other(e.to_string()))?;
+            Ok((map, w as usize, h as usize, mask))
+        });
+        match scored {
+            Ok((map, width, height, mask)) => {
+                let distances = memory.nearest(&map.data);
+                (grid, dim) = (map.grid, map.dim);
+                inner.push(inner_max(&distances, map.grid, config.ring));
+                images.push(EvalImage {
+                    path: item.path.clone(),
+                    defect: item.defect.clone(),
+                    anomalous: item.anomalous,
+                    score: distances.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                    map: distances,
+                    map_size: map.grid,
+                    map_pad: map.pad,
+                    width,
+                    height,
+                    mask,
+                    latency_ms: 0.0,
+                });
+            }
+            Err(e) => progress(Progress::Skipped(&format!(
+                "skipping {}: {e}",
+                item.path.display()
+            ))),
+        }
+        progress(Progress::Test {
+            done: i + 1,
+            total: test.len(),
+        });
+    }
+    if images.is_empty() {
+        return Err(GaugeError::Other("no test image could be scored".into()));
+    }
+    let labels: Vec<bool> = images.iter().map(|i| i.anomalous).collect();
+    let scores = images
+        .iter()
+        .zip(&inner)
+        .map(|(i, &inner)| ImageScore {
+            path: i.path.clone(),
+            anomalous: i.anomalous,
+            score: i.score,
+            inner,
+        })
+        .collect();
+    // No threshold: every image counts as judged NG for the (unused) verdict counts.
+    let rep = report(&images, 0.0, |_| true, DEFAULT_FPR_LIMIT, DEFAULT_BUDGET);
+    Ok(GaugeResult {
+        features: source.describe(),
+        grid,
+        dim,
+        memory: memory.len(),
+        train_images: train.len(),
+        test_images: images.len(),
+        image_auroc: rep.overall.image_auroc,
+        image_auroc_inner: roc_auc(&inner, &labels),
+        ring: config.ring,
+        image_auroc_by_prefix: auroc_by_prefix(&images),
+        report: rep,
+        scores,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Distances against a brute-force loop, with more memory than one chunk.
+    #[test]
+    fn nearest_matches_brute_force() {
+        let dim = 7;
+        let mut rng = Rng::new(3);
+        let mut draw =
+            |n: usize| -> Vec<f32> { (0..n * dim).map(|_| rng.uniform() as f32 - 0.5).collect() };
+        let memory = Memory::new(draw(MEMORY_CHUNK + 100), dim);
+        let cells = draw(33);
+        let got = memory.nearest(&cells);
+        for (i, cell) in cells.chunks_exact(dim).enumerate() {
+            let want = memory
+                .vectors
+                .chunks_exact(dim)
+                .map(|m| {
+                    m.iter()
+                        .zip(cell)
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum::<f32>()
+                })
+                .fold(f32::INFINITY, f32::min)
+                .sqrt();
+            assert!(
+                (got[i] - want).abs() < 1e-4,
+                "cell {i}: {} vs {want}",
+                got[i]
+            );
+        }
+    }
+
+    #[test]
+    fn inner_max_leaves_the_ring_out() {
+        let mut map = vec![0f32; 16];
+        map[0] = 9.0; // a corner: in the ring
+        map[5] = 2.0; // (1, 1): inside
+        assert_eq!(inner_max(&map, 4, 1), 2.0);
+        assert_eq!(inner_max(&map, 4, 0), 9.0);
+        assert_eq!(
+            inner_max(&map, 4, 2),
+            9.0,
+            "a ring that leaves nothing: the whole map"
+        );
+    }
+
+    /// Features known by construction: every good cell is the zero vector, a defect image has
+    /// one cell at distance 10 from everything in the memory.
+    struct Planted {
+        grid: usize,
+        /// The cell that is far in defect images.
+        cell: (usize, usize),
+    }
+
+    impl FeatureSource for Planted {
+        fn describe(&self) -> String {
+            "planted".into()
+        }
+
+        fn features(&mut self, path: &Path) -> Result<FeatureMap, GaugeError> {
+            let dim = 4;
+            let mut data = vec![0f32; self.grid * self.grid * dim];
+            if path.to_string_lossy().contains("/test/crack/") {
+                data[(self.cell.1 * self.grid + self.cell.0) * dim] = 10.0;
+            }
+            Ok(FeatureMap {
+                grid: self.grid,
+                dim,
+                data,
+                pad: 0,
+            })
+        }
+    }
+
+    /// A 32x32-pixel dataset: 3 train, 2 good and 2 crack test images; each crack's mask is
+    /// the 4x4 pixels of cell `cell` of an 8x8 grid.
+    fn planted_dataset(name: &str, cell: (usize, usize)) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("gauge-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let png = |path: std::path::PathBuf, img: image::GrayImage| {
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            img.save(&path).expect("png");
+        };
+        let plain = image::GrayImage::from_pixel(32, 32, image::Luma([100]));
+        for i in 0..3 {
+            png(dir.join(format!("train/good/{i}.png")), plain.clone());
+        }
+        for i in 0..2 {
+            png(dir.join(format!("test/good/{i}.png")), plain.clone());
+            png(dir.join(format!("test/crack/{i}.png")), plain.clone());
+            let mask = image::GrayImage::from_fn(32, 32, |x, y| {
+                let inside = x as usize / 4 == cell.0 && y as usize / 4 == cell.1;
+                image::Luma([if inside { 255 } else { 0 }])
+            });
+            png(dir.join(format!("ground_truth/crack/{i}_mask.png")), mask);
+        }
+        dir
+    }
+
+    #[test]
+    fn gauge_scores_planted_features_as_constructed() {
+        let config = GaugeConfig {
+            memory: 1000,
+            seed: 0,
+            ring: 2,
+        };
+        // Inside the ring: every score separates; the map's bilinear spread stays below the
+        // mask's smallest weight (0.625² of the peak against 0.375·0.875 outside).
+        let dir = planted_dataset("inside", (3, 3));
+        let mut source = Planted {
+            grid: 8,
+            cell: (3, 3),
+        };
+        let r = gauge(&mut source, &dir, &config, &mut |_| {}).expect("gauge");
+        assert_eq!(r.memory, 3 * 64, "memory capped at the cells there are");
+        assert_eq!(r.test_images, 4);
+        assert_eq!(r.image_auroc, Some(1.0));
+        assert_eq!(r.image_auroc_inner, Some(1.0));
+        let near_one = |v: Option<f64>| v.is_some_and(|v| (v - 1.0).abs() < 1e-9);
+        assert!(
+            near_one(r.report.overall.pixel_auroc),
+            "{:?}",
+            r.report.overall
+        );
+        assert!(near_one(r.report.overall.au_pro), "{:?}", r.report.overall);
+        // On the edge: the whole-map score still separates, the inner one sees only ties.
+        let dir = planted_dataset("edge", (0, 0));
+        let mut source = Planted {
+            grid: 8,
+            cell: (0, 0),
+        };
+        let r = gauge(&mut source, &dir, &config, &mut |_| {}).expect("gauge");
+        assert_eq!(r.image_auroc, Some(1.0));
+        assert_eq!(r.image_auroc_inner, Some(0.5));
+    }
+
+    #[test]
+    fn prefixes_group_exposures() {
+        assert_eq!(
+            prefix(Path::new("a/exp3_num_1.jpg")).as_deref(),
+            Some("exp3")
+        );
+        assert_eq!(prefix(Path::new("a/plain.png")), None);
+    }
+}

@@ -1,0 +1,193 @@
+//! `distill-teacher` runs: an interrupted run resumed, or a finished constant-rate run
+//! extended, is bit-identical to an uninterrupted run; the run records its learning rate,
+//! schedule, target options and image folders.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::tensor::Device;
+use efficientad_training::backend::Backend;
+use efficientad_training::checkpoint::{self, TeacherProvenance};
+use efficientad_training::distill::{
+    DistillConfig, Event, ImageFolder, LrSchedule, TargetOptions, distill,
+};
+use efficientad_training::model::{Pdn, Variant};
+
+use crate::util::*;
+
+fn backbone() -> PathBuf {
+    shared_data().join("../weights/efficientnet_lite0_features.onnx")
+}
+
+fn command(images: &Path, dir: &Path, steps: &str, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+        .arg("distill-teacher")
+        .arg("--backbone")
+        .arg(backbone())
+        .arg("--images")
+        .arg(images)
+        .arg("--out")
+        .arg(dir.join("teacher.bpk"))
+        .args([
+            "--steps",
+            steps,
+            "--batch",
+            "2",
+            "--stats-images",
+            "2",
+            "--seed",
+            "3",
+        ])
+        .args(["--width-divisor", "16"])
+        .args(extra)
+        .output()
+        .expect("run distill-teacher")
+}
+
+fn conv_weights(teacher: &Pdn) -> Vec<f32> {
+    teacher
+        .convs()
+        .into_iter()
+        .flat_map(|(_, c)| to_vec(c.weight.val()))
+        .collect()
+}
+
+fn weights(path: &Path) -> Vec<f32> {
+    let (teacher, _) = checkpoint::load_teacher(path, None, &Device::flex()).expect("teacher");
+    conv_weights(&teacher)
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A cosine run of 4 steps stopped after step 2 (as Ctrl-C does) and resumed equals the
+/// uninterrupted run bit for bit (the schedule depends on --steps, so this is the case that
+/// must hold for every schedule).
+#[test]
+fn interrupted_distillation_resumes_bit_identically() {
+    let dir = temp_dir("distill-interrupt");
+    let images = dir.join("images");
+    copy_first(&shared_data().join("imagenet-sample"), &images, 5);
+    let config = |work: &str| DistillConfig {
+        backbone: backbone(),
+        images: vec![ImageFolder {
+            dir: images.clone(),
+            weight: 1.0,
+        }],
+        variant: Variant::Small,
+        steps: 4,
+        batch: 2,
+        seed: 3,
+        stats_images: 2,
+        backend: Backend::Cpu,
+        save_every: 0,
+        allow_cpu_adapter: false,
+        width_divisor: 16,
+        target: TargetOptions::default(),
+        lr: 1e-3,
+        lr_schedule: LrSchedule::Cosine,
+        work: dir.join(work),
+        checkpoint_every: 0,
+    };
+    let never = || Arc::new(AtomicBool::new(false));
+    let (whole, _) = distill(&config("whole"), false, never(), &mut |_| {}).expect("whole");
+    let stop = never();
+    let flag = stop.clone();
+    let split = config("split");
+    let (first, info) = distill(&split, false, stop, &mut |e| {
+        if let Event::Step { step: 2, .. } = e {
+            flag.store(true, Ordering::SeqCst);
+        }
+    })
+    .expect("first part");
+    match info.teacher {
+        TeacherProvenance::Distilled { steps, .. } => assert_eq!(steps, 2, "stopped after 2"),
+        other => panic!("{other:?}"),
+    }
+    let mut messages = Vec::new();
+    let (resumed, _) = distill(&split, true, never(), &mut |e| {
+        if let Event::Message(m) = e {
+            messages.push(m.to_string())
+        }
+    })
+    .expect("resumed part");
+    assert!(
+        messages.iter().any(|m| m.contains("resuming")),
+        "{messages:?}"
+    );
+    let (a, b) = (conv_weights(&whole), conv_weights(&resumed));
+    assert!(
+        a == b,
+        "resumed teacher differs from the uninterrupted one by up to {}",
+        max_diff(&a, &b)
+    );
+    assert!(
+        max_diff(&a, &conv_weights(&first)) > 0.0,
+        "the resumed run took no steps"
+    );
+}
+
+/// From the command line: a constant-rate run of 2 steps extended to 4 with `--resume` equals
+/// 4 steps in one go; what the run used is recorded; a changed option or a missing state is
+/// refused with a message that says so.
+#[test]
+fn distillation_extended_with_resume_equals_an_uninterrupted_run() {
+    let dir = temp_dir("distill-extend");
+    let images = dir.join("images");
+    copy_first(&shared_data().join("imagenet-sample"), &images, 5);
+    let (whole, parts) = (dir.join("whole"), dir.join("parts"));
+    let out = command(&images, &whole, "4", &["--lr", "1e-3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = command(&images, &parts, "2", &["--lr", "1e-3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let two = weights(&parts.join("teacher.bpk"));
+    let out = command(&images, &parts, "4", &["--lr", "1e-3", "--resume"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming"), "{stderr}");
+    let (a, b) = (
+        weights(&whole.join("teacher.bpk")),
+        weights(&parts.join("teacher.bpk")),
+    );
+    assert!(
+        a == b,
+        "extended teacher differs from the uninterrupted one by up to {}",
+        max_diff(&a, &b)
+    );
+    assert!(max_diff(&a, &two) > 0.0, "the resumed run took no steps");
+    let info = checkpoint::read_info(&parts.join("teacher.bpk")).expect("info");
+    match &info.teacher {
+        TeacherProvenance::Distilled {
+            steps, images: i, ..
+        } => {
+            assert_eq!(*steps, 4);
+            assert!(i.ends_with("images=1"), "{i}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(info.training["lr"], 1e-3);
+    assert_eq!(info.training["lr_schedule"], "constant");
+    assert_eq!(info.training["target"]["normalize_exposure"], false);
+
+    let out = command(&images, &parts, "6", &["--resume", "--lr", "2e-3"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("belongs to another run"), "{stderr}");
+    let out = command(&images, &dir.join("none"), "2", &["--resume"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no distillation state"), "{stderr}");
+}

@@ -1,0 +1,114 @@
+"""Independent reference for `efficientad-train gauge --features target:...` (NumPy, ONNX
+Runtime's Python API, scikit-learn), written from SPEC's description of the distillation target
+and PatchCore's nearest-neighbour rule rather than from the Rust code.
+
+Usage: gauge_reference.py BACKBONE DATASET STATS_DIR SIZE RING NORMALIZE(0|1)
+The images must already be SIZE x SIZE RGB (so no resize filter has to be matched), the memory
+is every cell of every train/good image (so no random draw has to be matched). Prints JSON:
+per-image scores and the three AUROCs.
+"""
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+backbone, dataset, stats_dir, size, ring, normalize = sys.argv[1:7]
+size, ring, normalize = int(size), int(ring), normalize == "1"
+session = ort.InferenceSession(backbone, providers=["CPUExecutionProvider"])
+
+
+def image(path):
+    x = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255.0
+    assert x.shape == (size, size, 3), (path, x.shape)
+    if normalize:
+        # One gain and offset per image: mean 0.45, std 0.225 (flat images: std floor 0.01).
+        x = (x - x.mean()) / max(x.std(), 0.01) * 0.225 + 0.45
+    return x.transpose(2, 0, 1).astype(np.float32)
+
+
+def adaptive_pool(v, out):
+    """PyTorch's adaptive_avg_pool1d over the last axis."""
+    n = v.shape[-1]
+    cols = []
+    for i in range(out):
+        start, end = (i * n) // out, -((-(i + 1) * n) // out)
+        cols.append(v[..., start:end].mean(-1))
+    return np.stack(cols, -1)
+
+
+def unfold3(f):
+    """[C,H,W] -> [H,W,C*9], index c*9 + ky*3 + kx, zero padding 1 (F.unfold)."""
+    c, h, w = f.shape
+    p = np.pad(f, ((0, 0), (1, 1), (1, 1)))
+    out = np.zeros((h, w, c, 9))
+    for ky in range(3):
+        for kx in range(3):
+            out[:, :, :, ky * 3 + kx] = p[:, ky:ky + h, kx:kx + w].transpose(1, 2, 0)
+    return out.reshape(h, w, c * 9)
+
+
+def resize_weights(src, dst):
+    """Half-pixel bilinear weights [dst, src], edges clamped (align_corners=False)."""
+    m = np.zeros((dst, src))
+    for i in range(dst):
+        x = max((i + 0.5) * src / dst - 0.5, 0.0)
+        lo = min(int(np.floor(x)), src - 1)
+        hi = min(lo + 1, src - 1)
+        t = x - lo
+        m[i, lo] += 1 - t
+        m[i, hi] += t
+    return m
+
+
+def target(path):
+    fine, coarse, _ = session.run(None, {"image": image(path)[None]})
+    uf, uc = unfold3(fine[0].astype(np.float64)), unfold3(coarse[0].astype(np.float64))
+    (h, w), (hc, wc) = uf.shape[:2], uc.shape[:2]
+    up = np.einsum("yi,xj,ijc->yxc", resize_weights(hc, h), resize_weights(wc, w), uc)
+    both = np.concatenate([adaptive_pool(uf, 1024), adaptive_pool(up, 1024)], -1)
+    return adaptive_pool(both, 384)  # [h, w, 384]
+
+
+def files(d):
+    return sorted(p for p in glob.glob(os.path.join(d, "*")) if os.path.isfile(p))
+
+
+stats = np.concatenate([target(p).reshape(-1, 384) for p in files(stats_dir)])
+mean, std = stats.mean(0), np.maximum(stats.std(0), 1e-6)
+
+
+def features(path):
+    return (target(path) - mean) / std
+
+
+memory = np.concatenate([features(p).reshape(-1, 384) for p in files(os.path.join(dataset, "train/good"))])
+labels, scores, inner, pixel_labels, pixel_scores, out = [], [], [], [], [], {}
+for defect in sorted(os.listdir(os.path.join(dataset, "test"))):
+    for p in files(os.path.join(dataset, "test", defect)):
+        f = features(p)
+        g = f.shape[0]
+        d = ((f.reshape(-1, 1, 384) - memory[None]) ** 2).sum(-1).min(1)
+        m = np.sqrt(d).reshape(g, g)
+        labels.append(defect != "good")
+        scores.append(m.max())
+        inner.append(m[ring:g - ring, ring:g - ring].max())
+        out[p] = [float(scores[-1]), float(inner[-1])]
+        full = resize_weights(g, size) @ m @ resize_weights(g, size).T
+        if defect == "good":
+            mask = np.zeros((size, size), bool)
+        else:
+            stem = os.path.splitext(os.path.basename(p))[0]
+            mask = np.asarray(Image.open(os.path.join(dataset, "ground_truth", defect, stem + "_mask.png")).convert("L")) > 0
+        pixel_labels.append(mask.ravel())
+        pixel_scores.append(full.ravel())
+print(json.dumps({
+    "scores": out,
+    "image_auroc": roc_auc_score(labels, scores),
+    "image_auroc_inner": roc_auc_score(labels, inner),
+    "pixel_auroc": roc_auc_score(np.concatenate(pixel_labels), np.concatenate(pixel_scores)),
+}))
