@@ -46,6 +46,11 @@ pub struct ModelInfo {
     /// For a quantized graph: its fp32 source (path, sha256) and how it was calibrated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization: Option<serde_json::Value>,
+    /// The graph normalizes each image's brightness and contrast before its networks
+    /// (`efficientad-train fit --normalize-exposure`); nothing changes for the runtime, which
+    /// feeds the same uint8 input either way.
+    #[serde(default)]
+    pub normalize_exposure: bool,
 }
 
 /// [`ModelInfo::precision`] of a graph computed in 32-bit floats.
@@ -79,6 +84,14 @@ pub enum BundleError {
         expected: String,
         found: String,
     },
+    #[error(
+        "{path} has precision `{found}`; this runtime runs `{FP32}` and `{INT8}` graphs: re-export the bundle or update efficientad"
+    )]
+    Precision { path: PathBuf, found: String },
+    #[error(
+        "the model folder {dir} cannot be opened: {reason}; --model takes a bundle folder holding model.onnx and model.json"
+    )]
+    NotAFolder { dir: PathBuf, reason: String },
 }
 
 impl ModelInfo {
@@ -102,6 +115,12 @@ impl ModelInfo {
                 found: info.format_version,
             });
         }
+        if info.precision != FP32 && info.precision != INT8 {
+            return Err(BundleError::Precision {
+                path: path.to_owned(),
+                found: info.precision,
+            });
+        }
         Ok(info)
     }
 }
@@ -117,6 +136,29 @@ pub struct Bundle {
 impl Bundle {
     /// Opens `dir`, checking the files, the format version and the graph's hash.
     pub fn open(dir: &Path) -> Result<Self, BundleError> {
+        // A symbolic-link loop, a FIFO or a file named as the folder: say what it is, not
+        // "missing model.json".
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) => {
+                let kind = if m.file_type().is_file() {
+                    "it is a file"
+                } else {
+                    "it is not a folder (a pipe, socket or device)"
+                };
+                return Err(BundleError::NotAFolder {
+                    dir: dir.to_owned(),
+                    reason: kind.into(),
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(BundleError::NotAFolder {
+                    dir: dir.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+        }
         let onnx_path = dir.join(MODEL_FILE);
         let info_path = dir.join(INFO_FILE);
         for (path, file) in [(&info_path, INFO_FILE), (&onnx_path, MODEL_FILE)] {
@@ -162,4 +204,83 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// sha256 of a file, lower-case hex.
 pub fn file_sha256(path: &Path) -> std::io::Result<String> {
     Ok(sha256_hex(&std::fs::read(path)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ModelInfo {
+        ModelInfo {
+            format_version: BUNDLE_FORMAT_VERSION,
+            name: "m".into(),
+            variant: "s".into(),
+            input_size: 256,
+            map_size: 56,
+            padding: false,
+            teacher_channels: 384,
+            width_divisor: 1,
+            model_sha256: String::new(),
+            opset: 17,
+            teacher: serde_json::Value::Null,
+            training: serde_json::Value::Null,
+            exporter: "test".into(),
+            precision: FP32.into(),
+            quantization: None,
+            normalize_exposure: false,
+        }
+    }
+
+    #[test]
+    fn unknown_precisions_are_refused() {
+        let path = Path::new("m/model.json");
+        for ok in [FP32, INT8] {
+            let text = serde_json::to_string(&ModelInfo {
+                precision: ok.into(),
+                ..info()
+            })
+            .expect("json");
+            assert!(ModelInfo::parse(&text, path).is_ok(), "{ok}");
+        }
+        let text = serde_json::to_string(&ModelInfo {
+            precision: "fp16".into(),
+            ..info()
+        })
+        .expect("json");
+        let e = ModelInfo::parse(&text, path).expect_err("fp16").to_string();
+        assert!(e.contains("`fp16`") && e.contains("m/model.json"), "{e}");
+    }
+
+    /// A symbolic-link loop, a FIFO and a file given as the model folder each say what they
+    /// are instead of "missing model.json".
+    #[test]
+    fn a_model_folder_that_is_no_folder_is_named_as_such() {
+        let dir = std::env::temp_dir().join(format!("bundle-kinds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let looped = dir.join("loop");
+        std::os::unix::fs::symlink(&looped, &looped).expect("link");
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo (coreutils)");
+        assert!(made.success());
+        let file = dir.join("file");
+        std::fs::write(&file, b"x").expect("file");
+        for (path, needle) in [
+            (&looped, "symbolic links"),
+            (&fifo, "not a folder"),
+            (&file, "it is a file"),
+        ] {
+            let e = Bundle::open(path).expect_err("not a bundle").to_string();
+            assert!(
+                e.contains(needle) && e.contains("cannot be opened"),
+                "{}: {e}",
+                path.display()
+            );
+            assert!(!e.contains("missing model.json"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

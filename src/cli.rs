@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use efficientad::engine::{EngineOptions, Provider};
 
 const AFTER_HELP: &str = "Exit status: 0 success; 1 the run finished but some images got ERROR (infer, eval; `run` ends 0 on EOF or a signal, its ERROR answers carry the errors); \
-2 setup error (bad arguments, model, calibration, ONNX Runtime).\n\
+2 setup error (bad arguments, model, calibration, ONNX Runtime); 3 `run` could not write an answer to stdout (the PLC bridge went away).\n\
 ONNX Runtime is found via ORT_DYLIB_PATH, the python3 onnxruntime package, or the user cache \
 (installed there with pip on first use unless EFFICIENTAD_NO_ORT_INSTALL=1).";
 
@@ -55,6 +55,28 @@ enum Command {
     Doctor,
 }
 
+/// How much of the disk `--heatmaps` may take (`infer`, `run`).
+#[derive(Args, Clone, Copy, Debug)]
+pub struct HeatmapLimitArgs {
+    /// With --heatmaps: keep at most N heatmap files in the folder (the oldest are removed
+    /// first, also those of earlier runs); 0 = no limit.
+    #[arg(long, value_name = "N", default_value_t = efficientad::inspect::DEFAULT_HEATMAP_MAX_FILES)]
+    pub heatmaps_max_files: usize,
+    /// With --heatmaps: keep at most this many MiB of heatmaps in the folder (oldest removed
+    /// first); 0 = no limit.
+    #[arg(long, value_name = "MB", default_value_t = efficientad::inspect::DEFAULT_HEATMAP_MAX_MB)]
+    pub heatmaps_max_mb: u64,
+}
+
+impl HeatmapLimitArgs {
+    pub fn limits(self) -> efficientad::inspect::HeatmapLimits {
+        efficientad::inspect::HeatmapLimits {
+            max_files: self.heatmaps_max_files,
+            max_bytes: self.heatmaps_max_mb << 20,
+        }
+    }
+}
+
 /// Model and engine options shared by the commands that run a model.
 #[derive(Args, Clone, Debug)]
 pub struct EngineArgs {
@@ -87,6 +109,8 @@ impl EngineArgs {
 pub enum Outcome {
     Success,
     SomeErrors,
+    /// `run`: stdout closed under it (the PLC bridge went away); exit status 3.
+    BridgeGone,
 }
 
 pub fn main() -> ExitCode {
@@ -105,8 +129,9 @@ pub fn main() -> ExitCode {
     match result {
         Ok(Outcome::Success) => ExitCode::SUCCESS,
         Ok(Outcome::SomeErrors) => ExitCode::from(1),
+        Ok(Outcome::BridgeGone) => ExitCode::from(3),
         Err(e) => {
-            eprintln!("efficientad: error: {e:#}");
+            efficientad::log_line!("efficientad: error: {e:#}");
             ExitCode::from(2)
         }
     }

@@ -147,7 +147,7 @@ impl Engine {
             match Self::session(bundle, options, provider, &lib.environment) {
                 Ok(session) => {
                     if options.provider == Provider::Auto {
-                        eprintln!("efficientad: execution provider: {provider}");
+                        crate::log_line!("efficientad: execution provider: {provider}");
                     }
                     let engine = Self {
                         session,
@@ -159,7 +159,7 @@ impl Engine {
                     return Ok(engine);
                 }
                 Err(EngineError::Provider { reason, .. }) if options.provider == Provider::Auto => {
-                    eprintln!(
+                    crate::log_line!(
                         "efficientad: {provider} unavailable ({}), trying the next provider",
                         reason.trim_end_matches('.')
                     );

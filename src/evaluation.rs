@@ -6,7 +6,7 @@
 //! (see `metrics`), so memory stays bounded on 1024x1024 datasets.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -71,6 +71,15 @@ impl PixelSource for Subset<'_> {
     }
 }
 
+/// Image AUROC of the test images whose names share a prefix.
+#[derive(Clone, Debug, Serialize)]
+pub struct PrefixGroup {
+    pub prefix: String,
+    pub good: usize,
+    pub defective: usize,
+    pub image_auroc: f64,
+}
+
 /// Metrics of one group of images.
 #[derive(Clone, Debug, Serialize)]
 pub struct GroupMetrics {
@@ -113,6 +122,9 @@ pub struct EvalReport {
     pub latency: Latency,
     /// Defect images without a mask file (counted for image AUROC only).
     pub without_mask: usize,
+    /// Image AUROC within each group of images whose file names share the prefix before the
+    /// first `_` (MTD: the exposure, `exp1`…`exp6`); groups with both labels only.
+    pub by_prefix: Vec<PrefixGroup>,
 }
 
 fn group(images: Vec<&EvalImage>, fpr_limit: f64, budget: usize) -> GroupMetrics {
@@ -138,6 +150,35 @@ fn group(images: Vec<&EvalImage>, fpr_limit: f64, budget: usize) -> GroupMetrics
         au_pro,
         regions,
     }
+}
+
+/// `exp3_num_123.jpg` → `exp3`; names without `_` have no group.
+fn prefix(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    name.split_once('_').map(|(p, _)| p.to_string())
+}
+
+/// Image AUROC per file-name prefix (groups with both labels only).
+fn auroc_by_prefix(images: &[EvalImage]) -> Vec<PrefixGroup> {
+    let mut groups: std::collections::BTreeMap<String, (Vec<f32>, Vec<bool>)> = Default::default();
+    for img in images {
+        if let Some(p) = prefix(&img.path) {
+            let g = groups.entry(p).or_default();
+            g.0.push(img.score);
+            g.1.push(img.anomalous);
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|(prefix, (s, l))| {
+            roc_auc(&s, &l).map(|image_auroc| PrefixGroup {
+                prefix,
+                good: l.iter().filter(|&&a| !a).count(),
+                defective: l.iter().filter(|&&a| a).count(),
+                image_auroc,
+            })
+        })
+        .collect()
 }
 
 /// Computes the report. `is_ng` is the calibrated decision rule.
@@ -196,5 +237,45 @@ pub fn report(
             .iter()
             .filter(|i| i.anomalous && i.mask.is_none())
             .count(),
+        by_prefix: auroc_by_prefix(images),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(name: &str, anomalous: bool, score: f32) -> EvalImage {
+        EvalImage {
+            path: PathBuf::from(format!("test/x/{name}")),
+            defect: if anomalous { "x" } else { "good" }.into(),
+            anomalous,
+            score,
+            map: vec![score; 4],
+            map_size: 2,
+            map_pad: 0,
+            width: 2,
+            height: 2,
+            mask: None,
+            latency_ms: 0.0,
+        }
+    }
+
+    /// Groups by the name before the first `_`; a group with one label only has no AUROC and
+    /// is left out; names without `_` belong to no group.
+    #[test]
+    fn image_auroc_is_given_per_file_name_prefix() {
+        let images = [
+            image("exp1_a.png", false, 0.1),
+            image("exp1_b.png", true, 0.9),
+            image("exp1_c.png", true, 0.05),
+            image("exp2_a.png", false, 0.5),
+            image("plain.png", true, 0.7),
+        ];
+        let groups = auroc_by_prefix(&images);
+        assert_eq!(groups.len(), 1, "{groups:?}");
+        let g = &groups[0];
+        assert_eq!((g.prefix.as_str(), g.good, g.defective), ("exp1", 1, 2));
+        assert!((g.image_auroc - 0.5).abs() < 1e-12);
     }
 }

@@ -2,15 +2,18 @@
 //! exposition), `/healthz`, `/` (a status page, no external assets), `/status.json` (what the
 //! page polls) and `/ng/<seq>.png` (the overlay of a recent NG part, drawn on request).
 //!
-//! One thread, one connection at a time, each with 2-second read and write timeouts and a
-//! request size limit: the server's work is bounded and it never touches the inspection path
-//! (it reads [`Monitor`] snapshots). Only GET and HEAD; anything else is a 4xx.
+//! Each connection is served on a thread of its own, at most [`MAX_CONNECTIONS`] at once (more
+//! are closed at once), with one deadline for the whole request head and a size limit: a slow
+//! or idle client costs one sleeping thread for at most [`REQUEST_DEADLINE`], never another
+//! client's answer. The server never touches the inspection path (it reads [`Monitor`]
+//! snapshots). Only GET and HEAD; anything else is a 4xx.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::anomaly::to_image_size;
 use crate::monitor::{BUCKETS_MS, Monitor, STAGES, Snapshot, percentile};
@@ -18,8 +21,13 @@ use crate::report::overlay;
 
 const STATUS_PAGE: &str = include_str!("http/status.html");
 /// Longest request head read (request line and headers).
-const MAX_HEAD: u64 = 8 * 1024;
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_HEAD: usize = 8 * 1024;
+/// Longest a client may take to send its whole request head, and to take the response.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections served at once; the next ones are closed without an answer until one ends.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Stack of a connection thread: the handlers need little (the PNG of `/ng/` is on the heap).
+const THREAD_STACK: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} (--http): {reason}")]
@@ -40,12 +48,32 @@ pub fn serve(
     };
     let listener = TcpListener::bind(addr).map_err(|e| err(e.to_string()))?;
     let local = listener.local_addr().map_err(|e| err(e.to_string()))?;
+    if !local.ip().is_loopback() {
+        crate::log_line!(
+            "efficientad: warning: --http {local} is reachable from the network: the status page shows recent NG part images and has no authentication; firewall it or listen on 127.0.0.1"
+        );
+    }
+    let open = Arc::new(AtomicUsize::new(0));
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             match stream {
-                // A client that misbehaves costs at most the timeouts, never the server.
                 Ok(stream) => {
-                    let _ = handle(stream, &monitor, stall_limit);
+                    if open.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        // Over the bound: closed unanswered (dropped), at no cost to others.
+                        continue;
+                    }
+                    open.fetch_add(1, Ordering::SeqCst);
+                    let (monitor, counter) = (monitor.clone(), open.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("http".into())
+                        .stack_size(THREAD_STACK)
+                        .spawn(move || {
+                            let _ = handle(stream, &monitor, stall_limit);
+                            counter.fetch_sub(1, Ordering::SeqCst);
+                        });
+                    if spawned.is_err() {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    }
                 }
                 // Out of file descriptors and the like: wait instead of spinning.
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
@@ -53,6 +81,55 @@ pub fn serve(
         }
     });
     Ok(local)
+}
+
+/// Reads a request head (up to the blank line) within `deadline`; `None` when the client
+/// sent too much, too slowly or closed early.
+fn read_head(stream: &TcpStream, deadline: Instant) -> std::io::Result<Option<Vec<u8>>> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = match (&*stream).read(&mut chunk) {
+            Ok(0) => return Ok(None),
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(end) = find_blank_line(&head) {
+            head.truncate(end);
+            return Ok(Some(head));
+        }
+        if head.len() > MAX_HEAD {
+            return Ok(None);
+        }
+    }
+}
+
+/// Where the head ends: after the first empty line (CRLF CRLF, or LF LF).
+fn find_blank_line(bytes: &[u8]) -> Option<usize> {
+    let crlf = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 struct Response {
@@ -72,27 +149,25 @@ impl Response {
 }
 
 fn handle(stream: TcpStream, monitor: &Monitor, stall_limit: Duration) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut reader = BufReader::new((&stream).take(MAX_HEAD));
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Read (and bound) the headers; none is needed.
-    let mut complete = false;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 {
-            break;
-        }
-        if header == "\r\n" || header == "\n" {
-            complete = true;
-            break;
-        }
-    }
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
+    let head = read_head(&stream, deadline)?;
+    // Headers are read (and bounded) but none is needed.
+    let text = head.as_deref().map(std::str::from_utf8);
+    let request_line = match &text {
+        Some(Ok(t)) => t.lines().next().unwrap_or(""),
+        _ => "",
+    };
     let mut parts = request_line.split_whitespace();
     let (method, target, version) = (parts.next(), parts.next(), parts.next());
     let response = match (method, target, version) {
-        _ if !complete => Response::text("400 Bad Request", "incomplete or oversized request\n"),
+        _ if head.is_none() => Response::text(
+            "400 Bad Request",
+            "incomplete, oversized or too slow request\n",
+        ),
+        _ if matches!(text, Some(Err(_))) => {
+            Response::text("400 Bad Request", "the request is not valid UTF-8\n")
+        }
         (Some(m), Some(t), Some(v)) if v.starts_with("HTTP/1.") && t.starts_with('/') => {
             if m == "GET" || m == "HEAD" {
                 route(t, monitor, stall_limit)
@@ -123,10 +198,16 @@ fn handle(stream: TcpStream, monitor: &Monitor, stall_limit: Duration) -> std::i
     // could discard the response before the client reads it: end our side, then drain a
     // bounded amount briefly.
     stream.shutdown(Shutdown::Write)?;
-    stream.set_read_timeout(Some(Duration::from_millis(200)))?;
+    // Bounded in bytes and in time: a client trickling bytes cannot hold the thread.
+    let drain_until = Instant::now() + Duration::from_millis(200);
     let mut left: usize = 64 * 1024;
     let mut scratch = [0u8; 4096];
     while left > 0 {
+        let wait = drain_until.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            break;
+        }
+        stream.set_read_timeout(Some(wait))?;
         match (&stream).read(&mut scratch) {
             Ok(0) | Err(_) => break,
             Ok(n) => left = left.saturating_sub(n),
@@ -252,6 +333,26 @@ pub fn prometheus(monitor: &Monitor, s: &Snapshot) -> String {
     );
     let _ = writeln!(
         o,
+        "# HELP efficientad_heatmaps_written_total Heatmap overlays written.\n# TYPE efficientad_heatmaps_written_total counter\nefficientad_heatmaps_written_total {}",
+        s.heatmaps_written
+    );
+    let _ = writeln!(
+        o,
+        "# HELP efficientad_heatmaps_removed_total Oldest heatmaps removed to stay within --heatmaps-max-files / --heatmaps-max-mb.\n# TYPE efficientad_heatmaps_removed_total counter\nefficientad_heatmaps_removed_total {}",
+        s.heatmaps_removed
+    );
+    let _ = writeln!(
+        o,
+        "# HELP efficientad_heatmap_bytes Bytes of heatmaps in the --heatmaps folder.\n# TYPE efficientad_heatmap_bytes gauge\nefficientad_heatmap_bytes {}",
+        s.heatmap_bytes
+    );
+    let _ = writeln!(
+        o,
+        "# HELP efficientad_log_lines_dropped_total Log lines that could not be written to stderr (dropped, never fatal).\n# TYPE efficientad_log_lines_dropped_total counter\nefficientad_log_lines_dropped_total {}",
+        crate::log::dropped()
+    );
+    let _ = writeln!(
+        o,
         "# HELP efficientad_camera_up 1 while the camera is connected.\n# TYPE efficientad_camera_up gauge\nefficientad_camera_up {}",
         u8::from(s.camera_up)
     );
@@ -263,32 +364,83 @@ pub fn prometheus(monitor: &Monitor, s: &Snapshot) -> String {
     o
 }
 
+/// One kept NG part on the status page.
+#[derive(serde::Serialize)]
+struct NgJson<'a> {
+    seq: u64,
+    /// The id exactly as the answer line echoed it: its JSON text, never re-parsed into a
+    /// float (a 20-digit id would be rounded, 1e400 would become null).
+    id: Box<serde_json::value::RawValue>,
+    score: f32,
+    time: &'a Option<String>,
+    heatmap: String,
+}
+
 /// What the status page shows.
+#[derive(serde::Serialize)]
+struct StatusJson<'a> {
+    model: &'a str,
+    source: &'a str,
+    threshold: f64,
+    ok: u64,
+    ng: u64,
+    errors: u64,
+    error_kinds: &'a std::collections::BTreeMap<String, u64>,
+    ng_rate: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    camera_up: bool,
+    reconnects: u64,
+    dropped_frames: u64,
+    healthy: bool,
+    uptime_s: f64,
+    last_ng: Vec<NgJson<'a>>,
+}
+
 fn status_json(monitor: &Monitor, s: &Snapshot, stall_limit: Duration) -> String {
     let recent: Vec<f64> = s.recent_ms.iter().copied().collect();
     let judged = s.ok + s.ng;
-    let ng: Vec<serde_json::Value> = s
+    let raw = |text: &str| {
+        serde_json::value::RawValue::from_string(text.to_owned())
+            .or_else(|_| serde_json::value::RawValue::from_string("null".to_owned()))
+    };
+    let last_ng = s
         .last_ng
         .iter()
         .rev()
-        .map(|p| {
-            serde_json::json!({
-                "seq": p.seq, "id": serde_json::from_str::<serde_json::Value>(&p.id).unwrap_or_default(),
-                "score": p.score, "time": p.time, "heatmap": format!("/ng/{}.png", p.seq),
+        .filter_map(|p| {
+            Some(NgJson {
+                seq: p.seq,
+                id: raw(&p.id).ok()?,
+                score: p.score,
+                time: &p.time,
+                heatmap: format!("/ng/{}.png", p.seq),
             })
         })
         .collect();
-    serde_json::json!({
-        "model": monitor.model_name, "source": monitor.source, "threshold": monitor.calibration_threshold,
-        "ok": s.ok, "ng": s.ng, "errors": s.errors, "error_kinds": s.error_kinds,
-        "ng_rate": if judged > 0 { s.ng as f64 / judged as f64 } else { 0.0 },
-        "p50_ms": percentile(&recent, 0.5), "p99_ms": percentile(&recent, 0.99),
-        "camera_up": s.camera_up, "reconnects": s.reconnects, "dropped_frames": s.dropped_frames,
-        "healthy": monitor.unhealthy(stall_limit).is_none(),
-        "uptime_s": monitor.started.elapsed().as_secs_f64(),
-        "last_ng": ng,
-    })
-    .to_string()
+    let status = StatusJson {
+        model: &monitor.model_name,
+        source: &monitor.source,
+        threshold: monitor.calibration_threshold,
+        ok: s.ok,
+        ng: s.ng,
+        errors: s.errors,
+        error_kinds: &s.error_kinds,
+        ng_rate: if judged > 0 {
+            s.ng as f64 / judged as f64
+        } else {
+            0.0
+        },
+        p50_ms: percentile(&recent, 0.5),
+        p99_ms: percentile(&recent, 0.99),
+        camera_up: s.camera_up,
+        reconnects: s.reconnects,
+        dropped_frames: s.dropped_frames,
+        healthy: monitor.unhealthy(stall_limit).is_none(),
+        uptime_s: monitor.started.elapsed().as_secs_f64(),
+        last_ng,
+    };
+    serde_json::to_string(&status).unwrap_or_default()
 }
 
 /// The overlay of a kept NG part at the network's input size, as PNG.

@@ -1,6 +1,7 @@
 //! The verdict step: raw maps of one image + calibration → combined map, score, OK/NG, and
 //! the heatmap overlay when one is wanted.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -24,12 +25,41 @@ pub enum Verdict {
     Error,
 }
 
-/// Where and when heatmaps are written.
+/// Where and when heatmaps are written, and how much of the disk they may take.
 pub struct HeatmapSink {
     pub dir: PathBuf,
     /// Write for every image, not only NG ones.
     pub all: bool,
     pub names: HeatmapNames,
+    pub limits: HeatmapLimits,
+    /// The folder's heatmaps, oldest first (those found at start, then those written).
+    kept: VecDeque<(PathBuf, u64)>,
+    bytes: u64,
+    /// Heatmaps written and removed (oldest first, to stay within the limits) by this sink.
+    pub written: u64,
+    pub removed: u64,
+}
+
+/// How many heatmaps a folder may hold, and how many bytes; 0 = no limit. When a new one
+/// would pass either, the oldest go first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeatmapLimits {
+    pub max_files: usize,
+    pub max_bytes: u64,
+}
+
+/// Defaults of `--heatmaps-max-files` and `--heatmaps-max-mb`: at about 200 KB per overlay of
+/// a 640x480 part, 1 GiB holds some 5,000 heatmaps — the NG parts of several shifts.
+pub const DEFAULT_HEATMAP_MAX_FILES: usize = 10_000;
+pub const DEFAULT_HEATMAP_MAX_MB: u64 = 1024;
+
+impl Default for HeatmapLimits {
+    fn default() -> Self {
+        Self {
+            max_files: DEFAULT_HEATMAP_MAX_FILES,
+            max_bytes: DEFAULT_HEATMAP_MAX_MB << 20,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,20 +73,91 @@ impl HeatmapSink {
     /// Creates `dir` (and its parents) and writes overlays there: of every part with `all`,
     /// else of NG parts only.
     pub fn new(dir: &Path, all: bool) -> Result<Self, HeatmapDirError> {
-        std::fs::create_dir_all(dir).map_err(|e| HeatmapDirError {
+        Self::with_limits(dir, all, HeatmapLimits::default())
+    }
+
+    /// As [`HeatmapSink::new`] with `limits`; the PNGs already in `dir` count towards them
+    /// (oldest first by modification time), so a restarted run keeps the folder bounded.
+    pub fn with_limits(
+        dir: &Path,
+        all: bool,
+        limits: HeatmapLimits,
+    ) -> Result<Self, HeatmapDirError> {
+        let err = |e: std::io::Error| HeatmapDirError {
             dir: dir.to_owned(),
             reason: e.to_string(),
-        })?;
-        Ok(Self {
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let mut found: Vec<(std::time::SystemTime, PathBuf, u64)> = std::fs::read_dir(dir)
+            .map_err(err)?
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                !name.starts_with('.') && name.ends_with(".png")
+            })
+            .filter_map(|e| {
+                let m = e.metadata().ok().filter(|m| m.is_file())?;
+                Some((m.modified().ok()?, e.path(), m.len()))
+            })
+            .collect();
+        found.sort();
+        let bytes = found.iter().map(|(_, _, b)| b).sum();
+        let mut sink = Self {
             dir: dir.to_owned(),
             all,
             names: HeatmapNames::default(),
-        })
+            limits,
+            kept: found.into_iter().map(|(_, p, b)| (p, b)).collect(),
+            bytes,
+            written: 0,
+            removed: 0,
+        };
+        sink.enforce(0);
+        Ok(sink)
     }
 
     /// A sink when a folder is given (the commands' `--heatmaps DIR`), none otherwise.
-    pub fn optional(dir: Option<&Path>, all: bool) -> Result<Option<Self>, HeatmapDirError> {
-        dir.map(|d| Self::new(d, all)).transpose()
+    pub fn optional(
+        dir: Option<&Path>,
+        all: bool,
+        limits: HeatmapLimits,
+    ) -> Result<Option<Self>, HeatmapDirError> {
+        dir.map(|d| Self::with_limits(d, all, limits)).transpose()
+    }
+
+    /// Bytes of the heatmaps the folder holds.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Writes one overlay under a fresh name, then removes the oldest heatmaps while the folder
+    /// is over its limits (never the one just written).
+    pub fn write(&mut self, input: &Path, image: &RgbImage) -> Result<PathBuf, String> {
+        let path = self.names.write(&self.dir, input, image)?;
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        self.kept.push_back((path.clone(), size));
+        self.bytes += size;
+        self.written += 1;
+        self.enforce(1);
+        Ok(path)
+    }
+
+    /// Removes the oldest heatmaps, keeping at least the newest `keep`.
+    fn enforce(&mut self, keep: usize) {
+        let over = |s: &Self| {
+            (s.limits.max_files > 0 && s.kept.len() > s.limits.max_files)
+                || (s.limits.max_bytes > 0 && s.bytes > s.limits.max_bytes)
+        };
+        while self.kept.len() > keep && over(self) {
+            let Some((path, size)) = self.kept.pop_front() else {
+                break;
+            };
+            // Already gone (removed by a person) counts as removed too.
+            let _ = std::fs::remove_file(&path);
+            self.bytes = self.bytes.saturating_sub(size);
+            self.removed += 1;
+        }
     }
 }
 
@@ -82,7 +183,10 @@ pub struct Part<'a> {
 /// Score, verdict and heatmap of one image.
 pub struct Judged {
     pub score: f32,
+    /// `Error` (with [`Judged::error`]) when there is no score to judge: the inspection
+    /// region covers no map cell of this image, or the maps hold NaN.
     pub verdict: Verdict,
+    pub error: Option<String>,
     pub heatmap: Option<PathBuf>,
     pub heatmap_error: Option<String>,
     pub maps_ms: f64,
@@ -111,7 +215,17 @@ pub fn judge(
         Some(c) => region_score(combined, c),
         None => score(combined),
     };
-    let verdict = if calibration.is_anomalous(s) {
+    // No verdict without a score (DESIGN: anything that prevents a verdict is ERROR).
+    let error = s.is_nan().then(|| match &cells {
+        Some(c) if !c.iter().any(|&keep| keep) => format!(
+            "the inspection region covers no map cell of this {}x{} image; nothing to judge (check the calibration's --ignore-border / --roi against the frame size)",
+            part.width, part.height
+        ),
+        _ => "the anomaly maps hold NaN; the model produced no number for this image".into(),
+    });
+    let verdict = if error.is_some() {
+        Verdict::Error
+    } else if calibration.is_anomalous(s) {
         Verdict::Ng
     } else {
         Verdict::Ok
@@ -127,17 +241,71 @@ pub fn judge(
         } else {
             to_image_size(combined, maps.side, w, h)
         };
-        let path = sink.names.name_for(&sink.dir, part.name);
-        match overlay(image, &full, calibration.threshold).save(&path) {
-            Ok(()) => heatmap = Some(path),
-            Err(e) => heatmap_error = Some(format!("cannot write heatmap {}: {e}", path.display())),
+        let drawn = overlay(image, &full, calibration.threshold);
+        match sink.write(part.name, &drawn) {
+            Ok(path) => heatmap = Some(path),
+            Err(e) => heatmap_error = Some(e),
         }
     }
     Judged {
         score: s,
         verdict,
+        error,
         heatmap,
         heatmap_error,
         maps_ms: ms(t0.elapsed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two heatmaps of an earlier run and a limit of 3 files: writing 3 more removes the two
+    /// old ones first, then the oldest of this run; the byte limit works the same way and never
+    /// removes the heatmap just written.
+    #[test]
+    fn the_heatmap_folder_stays_within_its_limits_oldest_first() {
+        let dir = std::env::temp_dir().join(format!("heatmap-limits-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let img = RgbImage::from_pixel(8, 8, image::Rgb([10, 200, 30]));
+        for old in ["old_1.png", "old_2.png"] {
+            img.save(dir.join(old)).expect("png");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::write(dir.join("notes.txt"), b"not a heatmap").expect("write");
+        let limits = HeatmapLimits {
+            max_files: 3,
+            max_bytes: 0,
+        };
+        let mut sink = HeatmapSink::with_limits(&dir, true, limits).expect("sink");
+        let written: Vec<PathBuf> = (0..3)
+            .map(|_| sink.write(Path::new("usb:0"), &img).expect("write"))
+            .collect();
+        assert_eq!((sink.written, sink.removed), (3, 2));
+        assert!(!dir.join("old_1.png").exists() && !dir.join("old_2.png").exists());
+        assert!(written.iter().all(|p| p.exists()));
+        assert!(dir.join("notes.txt").exists(), "only PNGs are heatmaps");
+        let fourth = sink.write(Path::new("usb:0"), &img).expect("write");
+        assert!(!written[0].exists() && fourth.exists());
+        assert_eq!(sink.removed, 3);
+
+        // Bytes: room for one file only; the newest always stays.
+        let one = std::fs::metadata(&fourth).expect("size").len();
+        let mut sink = HeatmapSink::with_limits(
+            &dir,
+            true,
+            HeatmapLimits {
+                max_files: 0,
+                max_bytes: one,
+            },
+        )
+        .expect("sink");
+        assert_eq!(sink.removed, 2, "three found, one fits");
+        let last = sink.write(Path::new("usb:0"), &img).expect("write");
+        assert!(last.exists() && !fourth.exists());
+        assert_eq!(sink.bytes(), one);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

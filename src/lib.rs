@@ -13,6 +13,7 @@ pub mod evaluation;
 pub mod http;
 pub mod images;
 pub mod inspect;
+pub mod log;
 pub mod metrics;
 pub mod monitor;
 pub mod notify;

@@ -80,8 +80,13 @@ pub struct Snapshot {
     pub latency: [Histogram; STAGES.len()],
     pub dropped_frames: u64,
     pub reconnects: u64,
+    /// Heatmaps written, removed to stay within `--heatmaps-max-*`, and bytes held.
+    pub heatmaps_written: u64,
+    pub heatmaps_removed: u64,
+    pub heatmap_bytes: u64,
     pub camera_up: bool,
-    /// The last answer could not be judged for a camera or engine reason.
+    /// Why the last part could not be judged (camera, frame, engine, region); `None` when it
+    /// was judged. Trigger-side refusals (a malformed line, an overload) leave it as it was.
     pub last_failed: Option<String>,
     pub last_ng: VecDeque<NgPart>,
     /// Recent answer latencies (total, ms) for the page's percentiles.
@@ -178,14 +183,16 @@ impl Monitor {
                 }
                 *s.error_kinds.entry(kind).or_default() += 1;
             }
-            // A malformed trigger or an overload says nothing about camera or engine health.
+            // Healthy means the last part could be judged. A malformed trigger or an overload
+            // says nothing about camera, frames or engine, so it leaves the state as it was;
+            // every other ERROR (no frame, an undecodable one, a failed inference, a region
+            // with no cell) is a part that could not be judged.
             s.last_failed = match &answer.error {
-                Some(e) if e.starts_with("camera") || e.starts_with("inference failed") => {
-                    Some(e.clone())
-                }
-                Some(e) if e.starts_with("no frame within") => Some(e.clone()),
-                Some(_) => s.last_failed.take(),
                 None => None,
+                Some(e) if e.starts_with("trigger") || e.starts_with("overloaded") => {
+                    s.last_failed.take()
+                }
+                Some(e) => Some(e.clone()),
             };
             if answer.verdict != Verdict::Error {
                 let l = &answer.latency_ms;
@@ -213,6 +220,15 @@ impl Monitor {
                 s.last_ng.pop_front();
             }
             s.last_ng.push_back(part);
+        });
+    }
+
+    /// The heatmap folder's counts after a part.
+    pub fn heatmaps(&self, written: u64, removed: u64, bytes: u64) {
+        self.with(|s| {
+            s.heatmaps_written = written;
+            s.heatmaps_removed = removed;
+            s.heatmap_bytes = bytes;
         });
     }
 
@@ -324,6 +340,24 @@ mod tests {
         m.record(&answer(Verdict::Error, Some("inference failed: x"), 0.0));
         assert!(m.unhealthy(Duration::from_secs(1)).is_some());
         m.record(&answer(Verdict::Ok, None, 1.0));
+        assert!(m.unhealthy(Duration::from_secs(1)).is_none());
+        // Frames that cannot be decoded: unhealthy until a part is judged again; a malformed
+        // trigger or an overload in between changes nothing.
+        m.record(&answer(Verdict::Error, Some("bad frame: not a JPEG"), 0.0));
+        let why = m.unhealthy(Duration::from_secs(1)).expect("unhealthy");
+        assert!(why.contains("bad frame"), "{why}");
+        m.record(&answer(
+            Verdict::Error,
+            Some("trigger line is not valid JSON: x"),
+            0.0,
+        ));
+        assert!(m.unhealthy(Duration::from_secs(1)).is_some());
+        m.record(&answer(Verdict::Ok, None, 1.0));
+        m.record(&answer(
+            Verdict::Error,
+            Some("overloaded: trigger waited 900 ms"),
+            0.0,
+        ));
         assert!(m.unhealthy(Duration::from_secs(1)).is_none());
         let busy = m.busy(Stage::Capture);
         std::thread::sleep(Duration::from_millis(30));

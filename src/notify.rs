@@ -33,7 +33,7 @@ impl Notifier {
     /// inspection must not stop because its supervisor's socket is gone).
     pub fn send(&self, message: &str) {
         if let Err(e) = self.socket.send_to_addr(message.as_bytes(), &self.address) {
-            eprintln!("efficientad: cannot notify the service manager ({message}): {e}");
+            crate::log_line!("efficientad: cannot notify the service manager ({message}): {e}");
         }
     }
 }
@@ -64,7 +64,7 @@ pub fn watchdog(
         while !done.load(Ordering::SeqCst) {
             if monitor.stalled(interval) {
                 if !warned {
-                    eprintln!(
+                    crate::log_line!(
                         "efficientad: the pipeline has been stuck for over {interval:?}; watchdog pings stopped"
                     );
                     warned = true;

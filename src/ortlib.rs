@@ -248,7 +248,7 @@ pub fn cache_dir() -> PathBuf {
 /// library is used).
 fn install(dir: &Path) -> Result<(), OrtLibError> {
     let py = python();
-    eprintln!(
+    crate::log_line!(
         "efficientad: ONNX Runtime not found; installing onnxruntime=={ORT_VERSION} into {} (one time, ~30 MB; set {ENV_NO_INSTALL}=1 to forbid)",
         dir.display()
     );

@@ -162,11 +162,15 @@ impl Inference {
             self.heatmaps.as_mut(),
         );
         if let Some(e) = judged.heatmap_error {
-            eprintln!("efficientad: {e}");
+            crate::log_line!("efficientad: {e}");
+        }
+        if let (Some(m), Some(sink)) = (&self.monitor, &self.heatmaps) {
+            m.heatmaps(sink.written, sink.removed, sink.bytes());
         }
         answer.latency_ms.maps = judged.maps_ms;
         answer.verdict = judged.verdict;
-        answer.score = Some(judged.score);
+        answer.score = judged.error.is_none().then_some(judged.score);
+        answer.error = judged.error;
         answer.heatmap = judged.heatmap.map(|p| p.display().to_string());
         answer.latency_ms.total = ms(trigger.received.elapsed());
         if let (Some(m), Verdict::Ng) = (&self.monitor, judged.verdict) {
@@ -226,12 +230,15 @@ impl Pipeline {
         };
         let mut summary = Summary::default();
         let mut lines = JsonLines::new(out);
+        // Fired when an answer cannot be delivered (the PLC bridge closed stdout): judging on
+        // would only produce answers nobody reads, so capture stops at once.
+        let (gone_tx, gone_rx) = bounded::<()>(1);
         std::thread::scope(|scope| {
             scope.spawn(move || match mode {
                 Mode::Triggered(triggers) => {
-                    capture::triggered(capture, triggers, shutdown, job_tx)
+                    capture::triggered(capture, triggers, shutdown, gone_rx, job_tx)
                 }
-                Mode::FreeRun => capture::free_run(capture, shutdown, job_tx, drop_tx),
+                Mode::FreeRun => capture::free_run(capture, shutdown, gone_rx, job_tx, drop_tx),
             });
             scope.spawn(move || {
                 for job in job_rx.iter() {
@@ -241,13 +248,19 @@ impl Pipeline {
                 }
             });
             for answer in answer_rx.iter() {
+                each(&answer);
+                // Counted only once delivered: nothing undelivered passes for answered.
+                if !lines.write(&answer) {
+                    let _ = gone_tx.try_send(());
+                    break;
+                }
                 summary.record(&answer);
                 if let Some(m) = &self.monitor {
                     m.record(&answer);
                 }
-                each(&answer);
-                lines.write(&answer);
             }
+            // Unblocks the inference thread if it is waiting to hand over an answer.
+            drop(answer_rx);
         });
         summary.dropped_frames = drop_rx.try_iter().count() as u64;
         lines.finish().map(|()| summary)

@@ -77,6 +77,29 @@ pub enum QuantizeError {
     Activations { path: PathBuf, reason: String },
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error(
+        "--out {out} is the bundle being quantized ({model}); writing there would replace the fp32 model with its int8 copy; give another folder, e.g. {model}-int8"
+    )]
+    SameBundle { out: PathBuf, model: PathBuf },
+}
+
+/// The canonical form of `path`, also when it does not exist yet (its parent's canonical
+/// form plus its name), so a new folder can be compared with an existing one.
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            canonical(parent).join(name)
+        }
+        _ => path.to_owned(),
+    }
 }
 
 /// Progress of a quantization, for the caller's progress bar.
@@ -315,6 +338,13 @@ pub fn quantize(
 ) -> Result<Report, QuantizeError> {
     let started = Instant::now();
     let source = Bundle::open(&options.model)?;
+    // Before anything is written: the int8 bundle must not land on its own source.
+    if canonical(&options.out) == canonical(&source.dir) {
+        return Err(QuantizeError::SameBundle {
+            out: options.out.clone(),
+            model: source.dir.clone(),
+        });
+    }
     if source.info.precision != FP32 {
         return Err(QuantizeError::NotFp32(
             options.model.clone(),

@@ -400,4 +400,25 @@ fn quantize_refuses_bad_folders_int8_sources_and_unknown_layers_issue15() {
     for name in ["a", "b", "c", "e"] {
         assert!(!dir.join(name).exists(), "{name} was created");
     }
+    // --out naming the source bundle itself (spelled differently, through a symbolic link,
+    // or a folder inside it is fine but the folder itself is not): refused before anything
+    // is written, the fp32 graph untouched.
+    let source = dir.join("fp32");
+    std::fs::create_dir_all(&source).expect("mkdir");
+    for f in ["model.onnx", "model.json"] {
+        std::fs::copy(small_bundle().join(f), source.join(f)).expect("copy bundle");
+    }
+    let before = std::fs::read(source.join("model.onnx")).expect("read");
+    std::os::unix::fs::symlink(&source, dir.join("alias")).expect("link");
+    for out in [source.join("."), dir.join("alias"), dir.join("x/../fp32")] {
+        std::fs::create_dir_all(dir.join("x")).expect("mkdir");
+        expect_error(
+            quantize(&source, &images, &out, &[]),
+            &["is the bundle being quantized", "another folder"],
+        );
+    }
+    assert!(
+        std::fs::read(source.join("model.onnx")).expect("read") == before,
+        "the fp32 graph was rewritten"
+    );
 }

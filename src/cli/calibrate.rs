@@ -84,13 +84,15 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<Outcome> {
             Progress::Done => bar.inc(1),
             Progress::Skipped(path, error) => {
                 bar.inc(1);
-                bar.suspend(|| eprintln!("efficientad: skipping {}: {error}", path.display()));
+                bar.suspend(|| {
+                    efficientad::log_line!("efficientad: skipping {}: {error}", path.display())
+                });
             }
         },
     )?;
     bar.finish_and_clear();
     calibration.save(&args.out)?;
-    eprintln!(
+    efficientad::log_line!(
         "efficientad: wrote {} ({} normal images{}, threshold {:.5}, provider {})",
         args.out.display(),
         calibration.validation.images,

@@ -63,7 +63,7 @@ pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
     let size = engine.input_size();
     engine.run(&vec![0u8; size * size * 3], 1)?;
     let provider_used = engine.provider();
-    eprintln!(
+    efficientad::log_line!(
         "efficientad demo: model {} ({}), {} sample parts from {}, provider {provider_used}",
         bundle.info.name,
         bundle.dir.display(),
@@ -127,7 +127,7 @@ pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
     )?;
     // The samples were drawn at random from the test split (README: Demo samples), not
     // chosen among parts the model gets right: a wrong verdict is the model's, shown as such.
-    eprintln!(
+    efficientad::log_line!(
         "efficientad demo: {correct}/{} verdicts agree with the sample's folder (good = OK, defect = NG); latency p50 {:.1} ms, max {:.1} ms on {provider_used}; heatmaps in {}",
         files.len(),
         summary.percentile(0.5),
@@ -135,7 +135,7 @@ pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
         heatmap_dir.display()
     );
     for w in &wrong {
-        eprintln!("efficientad demo: {w}");
+        efficientad::log_line!("efficientad demo: {w}");
     }
     Ok(Outcome::Success)
 }

@@ -49,7 +49,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<Outcome> {
     let bundle = Bundle::open(&args.engine.model)?;
     let calibration = Calibration::load_for(&args.calibration, &bundle)?;
     let items = test_set(&args.dataset)?;
-    let mut heatmaps = HeatmapSink::optional(args.heatmaps.as_deref(), true)?;
+    let mut heatmaps = HeatmapSink::optional(
+        args.heatmaps.as_deref(),
+        true,
+        efficientad::inspect::HeatmapLimits::default(),
+    )?;
     let mut engine = Engine::new(&bundle, &args.engine.engine_options())?;
     let bar = ProgressBar::new(items.len() as u64).with_style(
         ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
@@ -69,7 +73,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<Outcome> {
     )?;
     bar.finish_and_clear();
     for f in &failures {
-        eprintln!("efficientad: skipped {f}");
+        efficientad::log_line!("efficientad: skipped {f}");
     }
     let rep = report(
         &results,
@@ -170,6 +174,17 @@ fn print_table(rep: &EvalReport, args: &EvalArgs, bundle: &Bundle, engine: &Engi
         "latency per image: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         rep.latency.p50_ms, rep.latency.p99_ms, rep.latency.max_ms
     );
+    if !rep.by_prefix.is_empty() {
+        println!(
+            "image AUROC by file-name prefix (the part before the first `_`, e.g. an exposure):"
+        );
+        for g in &rep.by_prefix {
+            println!(
+                "  {:<14} {:.4} ({} good, {} defective)",
+                g.prefix, g.image_auroc, g.good, g.defective
+            );
+        }
+    }
     if rep.without_mask > 0 {
         println!(
             "{} defect images have no mask: counted for image AUROC only",

@@ -29,6 +29,8 @@ pub struct InferArgs {
     /// With --heatmaps: write overlays for every image, not only NG ones.
     #[arg(long, requires = "heatmaps")]
     pub all_heatmaps: bool,
+    #[command(flatten)]
+    pub heatmap_limits: super::HeatmapLimitArgs,
     /// Image files or folders (folders are searched recursively for image files).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -72,7 +74,11 @@ pub fn run(args: InferArgs) -> anyhow::Result<Outcome> {
             efficientad::images::IMAGE_EXTENSIONS.join(", ")
         );
     }
-    let mut heatmaps = HeatmapSink::optional(args.heatmaps.as_deref(), args.all_heatmaps)?;
+    let mut heatmaps = HeatmapSink::optional(
+        args.heatmaps.as_deref(),
+        args.all_heatmaps,
+        args.heatmap_limits.limits(),
+    )?;
     let mut engine = Engine::new(&bundle, &args.engine.engine_options())?;
     let options = RunOptions {
         batch: usize::from(args.engine.batch),
@@ -93,7 +99,10 @@ pub fn run(args: InferArgs) -> anyhow::Result<Outcome> {
                     heatmaps.as_mut(),
                 );
                 if let Some(e) = &judged.heatmap_error {
-                    eprintln!("efficientad: {e}");
+                    efficientad::log_line!("efficientad: {e}");
+                }
+                if judged.error.is_some() {
+                    errors += 1;
                 }
                 let timings = Timings {
                     maps_ms: judged.maps_ms,
@@ -103,14 +112,14 @@ pub fn run(args: InferArgs) -> anyhow::Result<Outcome> {
                 Line {
                     path: maps.path.display().to_string(),
                     verdict: judged.verdict,
-                    score: Some(judged.score),
+                    score: judged.error.is_none().then_some(judged.score),
                     threshold: calibration.threshold,
                     width: Some(maps.width),
                     height: Some(maps.height),
                     batch_size: Some(maps.batch_size),
                     timings_ms: Some(timings),
                     heatmap: judged.heatmap.map(|p| p.display().to_string()),
-                    error: None,
+                    error: judged.error,
                 }
             }
             ImageOutcome::Error { path, error } => {
@@ -133,7 +142,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<Outcome> {
     });
     lines.finish().context("writing results to stdout")?;
     if errors > 0 {
-        eprintln!(
+        efficientad::log_line!(
             "efficientad: {errors} of {} images could not be judged (ERROR lines)",
             files.len()
         );

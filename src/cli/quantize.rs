@@ -91,21 +91,23 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<Outcome> {
         Progress::Skipped(path, error) => {
             if let Some(b) = &bar {
                 b.inc(1);
-                b.suspend(|| eprintln!("efficientad: skipping {}: {error}", path.display()));
+                b.suspend(|| {
+                    efficientad::log_line!("efficientad: skipping {}: {error}", path.display())
+                });
             }
         }
         Progress::Checking => {
             if let Some(b) = bar.take() {
                 b.finish_and_clear();
             }
-            eprintln!("efficientad: comparing the int8 maps with the fp32 maps");
+            efficientad::log_line!("efficientad: comparing the int8 maps with the fp32 maps");
         }
         Progress::Sensitivity(i, n) => {
             let b = bar.get_or_insert_with(|| progress_bar(n as u64, "sensitivity"));
             b.set_position(i as u64);
         }
     })?;
-    eprintln!(
+    efficientad::log_line!(
         "efficientad: wrote {} ({} convolutions int8{}; ranges from {} images, {}; {:.0} s)",
         report.bundle.display(),
         report.quantized_convs,
@@ -118,7 +120,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<Outcome> {
         options.rule,
         report.seconds
     );
-    eprintln!(
+    efficientad::log_line!(
         "efficientad: map difference to fp32 on {} calibration images: st {:.2}%, ae {:.2}% (mean |int8 - fp32| / mean |fp32|); calibrate the int8 bundle before use",
         report.checked_images,
         100.0 * report.st_error,
@@ -126,7 +128,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<Outcome> {
     );
     let worst = report.st_error.max(report.ae_error);
     if worst > MAP_ERROR_WARNING {
-        eprintln!(
+        efficientad::log_line!(
             "efficientad: warning: a map differs from fp32 by {:.0}% — this int8 model may miss defects the fp32 one finds; compare both with `efficientad eval`, and keep more layers fp32 (--sensitivity shows which help)",
             100.0 * worst
         );

@@ -44,6 +44,8 @@ pub struct RunArgs {
     /// With --heatmaps: overlays for every part.
     #[arg(long, requires = "heatmaps")]
     pub all_heatmaps: bool,
+    #[command(flatten)]
+    pub heatmap_limits: super::HeatmapLimitArgs,
     /// Frame rate of a dir: source (0 = as fast as asked).
     #[arg(long, value_name = "FPS", default_value_t = 10.0)]
     pub fps: f64,
@@ -144,7 +146,7 @@ impl RunArgs {
 pub fn shutdown_channel() -> crossbeam_channel::Receiver<()> {
     let (tx, rx) = bounded::<()>(4);
     let _ = ctrlc::set_handler(move || {
-        eprintln!("efficientad: stopping: answering pending triggers");
+        efficientad::log_line!("efficientad: stopping: answering pending triggers");
         let _ = tx.try_send(());
     });
     rx
@@ -165,8 +167,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         }
         TriggerMode::Free => Mode::FreeRun,
     };
-    eprintln!("efficientad: loading {}", args.engine.model.display());
-    let pipeline = match setup(&args) {
+    efficientad::log_line!("efficientad: loading {}", args.engine.model.display());
+    // Supervision: the HTTP endpoint and the systemd watchdog read the pipeline's monitor.
+    let interval = watchdog_interval();
+    // Everything that can fail, the HTTP listener included, before "ready": a supervisor never
+    // sees a ready run that then exits, and every trigger already sent gets its answer.
+    let pipeline = match setup(&args).and_then(|p| {
+        let stall_limit =
+            interval.unwrap_or_else(|| (2 * p.options.frame_timeout).max(Duration::from_secs(5)));
+        if let (Some(addr), Some(m)) = (&args.http, &p.monitor) {
+            let local = efficientad::http::serve(addr, m.clone(), stall_limit)?;
+            efficientad::log_line!("efficientad: status page and metrics at http://{local}/");
+        }
+        Ok(p)
+    }) {
         Ok(p) => p,
         Err(e) => {
             if let Mode::Triggered(triggers) = &mode {
@@ -175,15 +189,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             return Err(e);
         }
     };
-    // Supervision: the HTTP endpoint and the systemd watchdog read the pipeline's monitor.
-    let interval = watchdog_interval();
-    let stall_limit = interval
-        .unwrap_or_else(|| (2 * pipeline.options.frame_timeout).max(Duration::from_secs(5)));
+    efficientad::log_line!(
+        "efficientad: ready ({} on {}); waiting for triggers",
+        pipeline.calibration.model_name,
+        pipeline.engine.provider()
+    );
     let monitor = pipeline.monitor.clone();
-    if let (Some(addr), Some(m)) = (&args.http, &monitor) {
-        let local = efficientad::http::serve(addr, m.clone(), stall_limit)?;
-        eprintln!("efficientad: status page and metrics at http://{local}/");
-    }
     let notifier = Notifier::from_env().map(Arc::new);
     let done = Arc::new(AtomicBool::new(false));
     let mut watchdog_thread = None;
@@ -194,9 +205,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         }
     }
     let stdout = std::io::stdout();
-    let summary = pipeline
-        .run(mode, shutdown, &mut stdout.lock(), &mut |_| {})
-        .context("writing answers to stdout")?;
+    let summary = match pipeline.run(mode, shutdown, &mut stdout.lock(), &mut |_| {}) {
+        Ok(summary) => summary,
+        Err(e) => {
+            // The bridge reads answers from stdout; without it no answer reaches the line.
+            efficientad::log_line!(
+                "efficientad: stopping: an answer could not be written to stdout ({e}); the PLC bridge reading it is gone (exit status 3)"
+            );
+            done.store(true, Ordering::SeqCst);
+            if let Some(n) = &notifier {
+                n.send("STOPPING=1");
+            }
+            return Ok(Outcome::BridgeGone);
+        }
+    };
     done.store(true, Ordering::SeqCst);
     if let Some(n) = &notifier {
         n.send("STOPPING=1");
@@ -204,7 +226,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     if let Some(t) = watchdog_thread {
         let _ = t.join();
     }
-    eprintln!("efficientad: {}", summary.line());
+    efficientad::log_line!("efficientad: {}", summary.line());
     // A line session that ends on EOF or a signal ends normally (exit 0) even when some
     // triggers were answered ERROR: those answers and the summary carry the errors, and a
     // service manager must not take a clean stop for a failure (README: exit status).
@@ -220,17 +242,16 @@ fn setup(args: &RunArgs) -> anyhow::Result<Pipeline> {
     if let Some(plan) = args.inject_faults {
         source = Box::new(FaultySource::new(source, plan));
     }
-    eprintln!("efficientad: source {}", source.describe());
-    let heatmaps = HeatmapSink::optional(args.heatmaps.as_deref(), args.all_heatmaps)?;
+    efficientad::log_line!("efficientad: source {}", source.describe());
+    let heatmaps = HeatmapSink::optional(
+        args.heatmaps.as_deref(),
+        args.all_heatmaps,
+        args.heatmap_limits.limits(),
+    )?;
     let mut engine = Engine::new(&bundle, &args.engine.engine_options())?;
     // Warm-up: the first session run allocates and (TensorRT) builds; not on a real trigger.
     let size = engine.input_size();
     engine.run(&vec![0u8; size * size * 3], 1)?;
-    eprintln!(
-        "efficientad: ready ({} on {}); waiting for triggers",
-        bundle.info.name,
-        engine.provider()
-    );
     let calibration_sha256 = efficientad::bundle::file_sha256(&args.calibration)
         .with_context(|| format!("hashing {}", args.calibration.display()))?;
     let monitor = Monitor::new(
@@ -250,12 +271,24 @@ fn setup(args: &RunArgs) -> anyhow::Result<Pipeline> {
     })
 }
 
-/// The run could not start: every trigger that has already arrived still gets its one
-/// answer, ERROR with the reason, before the setup error ends the process (exit 2).
+/// How long the reader may stay quiet before a run that could not start stops listening:
+/// what a bridge wrote before the failure is in the pipe already and is read within
+/// microseconds; this only bounds the wait for the last of it.
+const UNSTARTED_GRACE: Duration = Duration::from_millis(300);
+
+/// The run could not start: every trigger that has already arrived — and those still in the
+/// stdin pipe, read within a short grace — gets its one answer, ERROR with the reason, before
+/// the setup error ends the process (exit 2).
 fn answer_unstarted(triggers: &Receiver<Trigger>, error: &anyhow::Error) {
     let stdout = std::io::stdout();
     let mut lines = JsonLines::new(stdout.lock());
-    for trigger in triggers.try_iter() {
+    // Bounded in total too: a bridge that keeps sending must not hold a failed start open.
+    let deadline = std::time::Instant::now() + 10 * UNSTARTED_GRACE;
+    let pending = std::iter::from_fn(|| {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        triggers.recv_timeout(UNSTARTED_GRACE.min(left)).ok()
+    });
+    for trigger in pending {
         lines.write(&Answer {
             id: trigger.id,
             seq: trigger.seq,

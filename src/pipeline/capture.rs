@@ -81,7 +81,7 @@ impl Capture {
         match grabbed {
             Ok(f) => Ok(f),
             Err(SourceError::Disconnected(reason)) => {
-                eprintln!(
+                crate::log_line!(
                     "efficientad: {} lost: {reason}; reconnecting",
                     self.source.describe()
                 );
@@ -116,7 +116,7 @@ impl Capture {
         let Some((_, delay)) = self.down else { return };
         match self.source.reconnect() {
             Ok(()) => {
-                eprintln!("efficientad: {} reconnected", self.source.describe());
+                crate::log_line!("efficientad: {} reconnected", self.source.describe());
                 self.down = None;
                 if let Some(m) = &self.monitor {
                     m.camera_back();
@@ -124,7 +124,7 @@ impl Capture {
             }
             Err(e) => {
                 let delay = (delay * 2).min(self.options.max_backoff);
-                eprintln!("efficientad: reconnect failed ({e}); next try in {delay:?}");
+                crate::log_line!("efficientad: reconnect failed ({e}); next try in {delay:?}");
                 self.down = Some((Instant::now() + delay, delay));
             }
         }
@@ -143,6 +143,7 @@ pub(super) fn triggered(
     mut cap: Capture,
     triggers: Receiver<Trigger>,
     shutdown: Receiver<()>,
+    gone: Receiver<()>,
     jobs: Sender<Job>,
 ) {
     let mut stopping = false;
@@ -164,6 +165,8 @@ pub(super) fn triggered(
                     stopping = true;
                     continue;
                 },
+                // Answers can no longer be delivered: nothing left to do.
+                recv(gone) -> _ => return,
                 default(idle) => {
                     cap.try_reconnect();
                     continue;
@@ -182,13 +185,14 @@ pub(super) fn triggered(
 pub(super) fn free_run(
     mut cap: Capture,
     shutdown: Receiver<()>,
+    gone: Receiver<()>,
     jobs: Sender<Job>,
     dropped: Sender<()>,
 ) {
     let monitor = cap.monitor.clone();
     let mut seq = 0;
     loop {
-        if shutdown.try_recv().is_ok() {
+        if shutdown.try_recv().is_ok() || gone.try_recv().is_ok() {
             return;
         }
         if let Some(wait) = cap.reconnect_due() {

@@ -61,16 +61,21 @@ impl<W: Write> JsonLines<W> {
         Self { out, error: None }
     }
 
-    pub fn write(&mut self, value: &impl Serialize) {
+    /// Writes one line; false when it could not be delivered (now or at an earlier line).
+    pub fn write(&mut self, value: &impl Serialize) -> bool {
         if self.error.is_some() {
-            return;
+            return false;
         }
         let written = serde_json::to_writer(&mut self.out, value)
             .map_err(std::io::Error::from)
             .and_then(|()| self.out.write_all(b"\n"))
             .and_then(|()| self.out.flush());
-        if let Err(e) = written {
-            self.error = Some(e);
+        match written {
+            Ok(()) => true,
+            Err(e) => {
+                self.error = Some(e);
+                false
+            }
         }
     }
 

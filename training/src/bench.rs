@@ -129,6 +129,7 @@ pub fn bench_fit(
         train_set.pixels,
         penalty_set.pixels,
         teacher.clone(),
+        false,
         &plain,
         &mut |_, _| {},
     );

@@ -86,6 +86,10 @@ pub struct CheckpointInfo {
     /// Free-form training record (steps, seed, losses, data) for whole models.
     #[serde(default)]
     pub training: serde_json::Value,
+    /// Every network input is exposure-normalized ([`crate::data::normalize_exposure`]), in
+    /// training and inside the exported graph.
+    #[serde(default)]
+    pub normalize_exposure: bool,
 }
 
 impl CheckpointInfo {

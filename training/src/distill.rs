@@ -354,6 +354,7 @@ fn finished(
     let mut teacher = pdn.valid();
     teacher.set_padding(false);
     let info = CheckpointInfo {
+        normalize_exposure: config.target.normalize_exposure,
         kind: Kind::Teacher,
         variant: config.variant,
         width_divisor: config.width_divisor.max(1),

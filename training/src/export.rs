@@ -44,7 +44,7 @@ pub fn export_bundle(
             format!("efficientad-train {}", env!("CARGO_PKG_VERSION")),
         ),
     ];
-    let bytes = graph::build(model, &metadata);
+    let bytes = graph::build(model, info.normalize_exposure, &metadata);
     let onnx_path = out.join(efficientad::bundle::MODEL_FILE);
     std::fs::write(&onnx_path, &bytes).map_err(|e| write_err(&onnx_path, &e))?;
 
@@ -68,6 +68,7 @@ pub fn export_bundle(
         exporter: format!("efficientad-train {}", env!("CARGO_PKG_VERSION")),
         precision: efficientad::bundle::FP32.into(),
         quantization: None,
+        normalize_exposure: info.normalize_exposure,
     };
     let json_path = out.join(efficientad::bundle::INFO_FILE);
     let json = serde_json::to_string_pretty(&model_info).map_err(|e| write_err(&json_path, &e))?;

@@ -55,7 +55,7 @@ pub struct GaugeResult {
     /// Image AUROC within each group of test images that share a file-name prefix before the
     /// first `_` (MTD: the exposure, `exp1`…`exp6`), each with at least one good and one
     /// defective image.
-    pub image_auroc_by_prefix: Vec<(String, f64)>,
+    pub image_auroc_by_prefix: Vec<efficientad::evaluation::PrefixGroup>,
     /// Every scored test image.
     pub scores: Vec<ImageScore>,
     pub seconds: f64,
@@ -155,22 +155,62 @@ impl Memory {
     }
 }
 
-/// Draws `count` cells at random from the maps of `files`: each image gives the same share
-/// (rounded up, distinct cells), then the pool is shuffled and cut to `count`.
+/// Per-channel standardization with the statistics of every training cell: the student sees
+/// the teacher's output normalized so (SPEC: teacher output normalization, T̂ = (T − μ)/σ over
+/// the training images), and distances are measured in that space. Any per-channel affine
+/// scaling of the features before it (a distillation target's own normalization, a bundle's
+/// folded μ and σ) cancels, so every source is gauged as a student would see it.
+pub struct Standardize {
+    pub mean: Vec<f32>,
+    pub inv_std: Vec<f32>,
+}
+
+impl Standardize {
+    /// Standardizes position-major `[n, dim]` vectors in place.
+    pub fn apply(&self, cells: &mut [f32]) {
+        for v in cells.chunks_exact_mut(self.mean.len().max(1)) {
+            for ((x, m), s) in v.iter_mut().zip(&self.mean).zip(&self.inv_std) {
+                *x = (*x - m) * s;
+            }
+        }
+    }
+}
+
+/// Draws `count` cells at random from the maps of `files` (each image gives the same share,
+/// rounded up, of distinct cells; then the pool is shuffled and cut to `count`), and the
+/// per-channel statistics over all their cells; the memory comes back standardized with them.
 pub fn build_memory(
     source: &mut dyn FeatureSource,
     files: &[std::path::PathBuf],
     count: usize,
     seed: u64,
     progress: &mut dyn FnMut(Progress<'_>),
-) -> Result<Memory, GaugeError> {
+) -> Result<(Memory, Standardize), GaugeError> {
     let mut rng = Rng::new(seed);
     let per_image = count.div_ceil(files.len().max(1)).max(1);
     let mut pool: Vec<Vec<f32>> = Vec::new();
     let mut dim = 0;
+    let (mut sum, mut sq, mut n) = (Vec::<f64>::new(), Vec::<f64>::new(), 0f64);
     for (i, f) in files.iter().enumerate() {
         match source.features(f) {
             Ok(map) => {
+                if sum.is_empty() {
+                    (sum, sq) = (vec![0.0; map.dim], vec![0.0; map.dim]);
+                } else if map.dim != sum.len() {
+                    return Err(GaugeError::Other(format!(
+                        "{} gave {}-dimensional features, earlier images {}",
+                        f.display(),
+                        map.dim,
+                        sum.len()
+                    )));
+                }
+                for v in map.data.chunks_exact(map.dim) {
+                    for ((s, q), &x) in sum.iter_mut().zip(sq.iter_mut()).zip(v) {
+                        *s += f64::from(x);
+                        *q += f64::from(x) * f64::from(x);
+                    }
+                }
+                n += map.cells() as f64;
                 dim = map.dim;
                 let cells = map.cells();
                 let mut order: Vec<usize> = (0..cells).collect();
@@ -198,7 +238,21 @@ pub fn build_memory(
     }
     rng.shuffle(&mut pool);
     pool.truncate(count.max(1));
-    Ok(Memory::new(pool.concat(), dim))
+    let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
+    let standardize = Standardize {
+        mean: mean.iter().map(|&m| m as f32).collect(),
+        inv_std: sq
+            .iter()
+            .zip(&mean)
+            .map(|(q, m)| {
+                let std = (q / n - m * m).max(0.0).sqrt() as f32;
+                1.0 / std.max(crate::model::MIN_TEACHER_STD)
+            })
+            .collect(),
+    };
+    let mut vectors = pool.concat();
+    standardize.apply(&mut vectors);
+    Ok((Memory::new(vectors, dim), standardize))
 }
 
 /// The largest value of a `grid`² map with `ring` cells left out at each edge (the whole map
@@ -216,28 +270,6 @@ pub fn inner_max(map: &[f32], grid: usize, ring: usize) -> f32 {
     best
 }
 
-/// `exp3_num_123.jpg` → `exp3`; names without `_` have no group.
-fn prefix(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_string_lossy().into_owned();
-    name.split_once('_').map(|(p, _)| p.to_string())
-}
-
-/// Image AUROC per file-name prefix (groups with both labels only).
-fn auroc_by_prefix(images: &[EvalImage]) -> Vec<(String, f64)> {
-    let mut groups: std::collections::BTreeMap<String, (Vec<f32>, Vec<bool>)> = Default::default();
-    for img in images {
-        if let Some(p) = prefix(&img.path) {
-            let g = groups.entry(p).or_default();
-            g.0.push(img.score);
-            g.1.push(img.anomalous);
-        }
-    }
-    groups
-        .into_iter()
-        .filter_map(|(p, (s, l))| roc_auc(&s, &l).map(|a| (p, a)))
-        .collect()
-}
-
 /// Runs the gauge on an MVTec-layout dataset: memory from `train/good`, scores on `test/`.
 pub fn gauge(
     source: &mut dyn FeatureSource,
@@ -249,7 +281,7 @@ pub fn gauge(
     let train = crate::data::folder_files(&dataset.join("train/good"))
         .map_err(|e| GaugeError::Other(e.to_string()))?;
     let test = test_set(dataset).map_err(|e| GaugeError::Other(e.to_string()))?;
-    let memory = build_memory(source, &train, config.memory, config.seed, progress)?;
+    let (memory, standardize) = build_memory(source, &train, config.memory, config.seed, progress)?;
     let mut images = Vec::with_capacity(test.len());
     let mut inner = Vec::with_capacity(test.len());
     let (mut grid, mut dim) = (0, 0);
@@ -270,7 +302,8 @@ pub fn gauge(
             Ok((map, w as usize, h as usize, mask))
         });
         match scored {
-            Ok((map, width, height, mask)) => {
+            Ok((mut map, width, height, mask)) => {
+                standardize.apply(&mut map.data);
                 let distances = memory.nearest(&map.data);
                 (grid, dim) = (map.grid, map.dim);
                 inner.push(inner_max(&distances, map.grid, config.ring));
@@ -324,7 +357,7 @@ pub fn gauge(
         image_auroc: rep.overall.image_auroc,
         image_auroc_inner: roc_auc(&inner, &labels),
         ring: config.ring,
-        image_auroc_by_prefix: auroc_by_prefix(&images),
+        image_auroc_by_prefix: rep.by_prefix.clone(),
         report: rep,
         scores,
         seconds: started.elapsed().as_secs_f64(),
@@ -467,14 +500,5 @@ mod tests {
         let r = gauge(&mut source, &dir, &config, &mut |_| {}).expect("gauge");
         assert_eq!(r.image_auroc, Some(1.0));
         assert_eq!(r.image_auroc_inner, Some(0.5));
-    }
-
-    #[test]
-    fn prefixes_group_exposures() {
-        assert_eq!(
-            prefix(Path::new("a/exp3_num_1.jpg")).as_deref(),
-            Some("exp3")
-        );
-        assert_eq!(prefix(Path::new("a/plain.png")), None);
     }
 }

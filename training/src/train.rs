@@ -76,6 +76,10 @@ pub struct FitConfig {
     /// With `backend` wgpu: accept a software Vulkan adapter.
     #[serde(default)]
     pub allow_cpu_adapter: bool,
+    /// Normalize every image's brightness and contrast before the networks (also inside the
+    /// exported graph).
+    #[serde(default)]
+    pub normalize_exposure: bool,
 }
 
 fn io(e: impl std::fmt::Display) -> TrainError {
@@ -177,7 +181,24 @@ impl Run {
             width_divisor: teacher_info.width_divisor,
             teacher: teacher_info.teacher.clone(),
             training: serde_json::Value::Null,
+            normalize_exposure: config.normalize_exposure,
         };
+        if teacher_info.normalize_exposure != config.normalize_exposure {
+            events(Event::Message(&format!(
+                "warning: the teacher {} was distilled {} exposure normalization and this model trains {} it",
+                config.teacher.display(),
+                if teacher_info.normalize_exposure {
+                    "with"
+                } else {
+                    "without"
+                },
+                if config.normalize_exposure {
+                    "with"
+                } else {
+                    "without"
+                },
+            )));
+        }
         let (mut model, optimizers, mut state) = if resume {
             let loaded = run_state::load_checkpoint(&work, config, &info, &device)?;
             events(Event::Message(&format!(
@@ -224,6 +245,7 @@ impl Run {
             train_set,
             penalty_set,
             teacher_pdn,
+            config.normalize_exposure,
             &plain,
             &mut |done, total| {
                 events(Event::Loading {

@@ -190,4 +190,19 @@ fn distillation_extended_with_resume_equals_an_uninterrupted_run() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("no distillation state"), "{stderr}");
+    // No statistics images: refused (it used to take one and record zero).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+        .args([
+            "distill-teacher",
+            "--stats-images",
+            "0",
+            "--backbone",
+            "b.onnx",
+        ])
+        .args(["--images", "i", "--out", "t.bpk"])
+        .output()
+        .expect("run distill-teacher");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--stats-images"), "{stderr}");
 }

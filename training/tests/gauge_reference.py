@@ -2,7 +2,7 @@
 Runtime's Python API, scikit-learn), written from SPEC's description of the distillation target
 and PatchCore's nearest-neighbour rule rather than from the Rust code.
 
-Usage: gauge_reference.py BACKBONE DATASET STATS_DIR SIZE RING NORMALIZE(0|1)
+Usage: gauge_reference.py BACKBONE DATASET SIZE RING NORMALIZE(0|1)
 The images must already be SIZE x SIZE RGB (so no resize filter has to be matched), the memory
 is every cell of every train/good image (so no random draw has to be matched). Prints JSON:
 per-image scores and the three AUROCs.
@@ -17,7 +17,7 @@ import onnxruntime as ort
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-backbone, dataset, stats_dir, size, ring, normalize = sys.argv[1:7]
+backbone, dataset, size, ring, normalize = sys.argv[1:6]
 size, ring, normalize = int(size), int(ring), normalize == "1"
 session = ort.InferenceSession(backbone, providers=["CPUExecutionProvider"])
 
@@ -78,15 +78,17 @@ def files(d):
     return sorted(p for p in glob.glob(os.path.join(d, "*")) if os.path.isfile(p))
 
 
-stats = np.concatenate([target(p).reshape(-1, 384) for p in files(stats_dir)])
-mean, std = stats.mean(0), np.maximum(stats.std(0), 1e-6)
+# Features standardized per channel with the statistics of every training cell (the space the
+# student sees the teacher in); the memory is all training cells.
+train = np.concatenate([target(p).reshape(-1, 384) for p in files(os.path.join(dataset, "train/good"))])
+mean, std = train.mean(0), np.maximum(train.std(0), 1e-6)
+memory = (train - mean) / std
 
 
 def features(path):
     return (target(path) - mean) / std
 
 
-memory = np.concatenate([features(p).reshape(-1, 384) for p in files(os.path.join(dataset, "train/good"))])
 labels, scores, inner, pixel_labels, pixel_scores, out = [], [], [], [], [], {}
 for defect in sorted(os.listdir(os.path.join(dataset, "test"))):
     for p in files(os.path.join(dataset, "test", defect)):

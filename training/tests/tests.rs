@@ -157,6 +157,7 @@ fn checkpoints_round_trip_issue2() {
     )
     .expect("import");
     let info = CheckpointInfo {
+        normalize_exposure: false,
         kind: Kind::Teacher,
         variant: Variant::Medium,
         width_divisor: FIXTURE_DIVISOR,
@@ -203,6 +204,7 @@ fn random_model(
     let std: Vec<f32> = (0..c).map(|i| 0.02 + (i * 13 % 7) as f32 * 0.01).collect();
     set_teacher_stats(&mut model, &mean, &std, device).expect("stats");
     let info = CheckpointInfo {
+        normalize_exposure: false,
         kind: Kind::Model,
         variant,
         width_divisor: divisor,
@@ -756,6 +758,7 @@ fn tiny_setup(
     )
     .expect("import");
     let info = CheckpointInfo {
+        normalize_exposure: false,
         kind: Kind::Teacher,
         variant: Variant::Small,
         width_divisor: FIXTURE_DIVISOR,
@@ -826,6 +829,7 @@ fn fit_config(
         backend: efficientad_training::backend::Backend::Cpu,
         eval_every: 0,
         allow_cpu_adapter: false,
+        normalize_exposure: false,
     }
 }
 
@@ -998,6 +1002,20 @@ fn fit_errors_are_clear_issue4() {
     let e = fit(&[], &empty);
     // The one folder check of the runtime and the training crate (efficientad::images).
     assert!(e.contains("train/good holds no images (jpg"), "{e}");
+    // No steps: nothing would be trained, so nothing is exported.
+    let output = fit_command(
+        &["--steps", "0"],
+        (&teacher, &dataset, &penalty),
+        &base,
+        "zero",
+    )
+    .output()
+    .expect("run fit");
+    let e = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && e.contains("--steps 0"), "{e}");
+    for made in ["runs/zero", "onnx/zero"] {
+        assert!(!base.join(made).exists(), "{made} made by a refused fit");
+    }
 }
 
 #[test]
@@ -1586,5 +1604,63 @@ fn wgpu_distillation_step_equals_the_cpu_backend_issue14() {
     assert!(
         moved > 20.0 * e,
         "the step moved the outputs by {moved}, the devices differ by {e}"
+    );
+}
+
+/// `fit --normalize-exposure`'s graph: ONNX Runtime's maps equal Burn's on inputs normalized by
+/// the training code's own function (dark and bright MTD tiles), model.json says so, and a
+/// tile at half its brightness gets nearly the same maps (uint8 rounding aside).
+#[test]
+fn exported_exposure_normalization_matches_training() {
+    let device = Device::flex();
+    let dir = temp_dir("exposure-graph");
+    let (model, mut info) = random_model(Variant::Small, 1, 9, &device);
+    info.normalize_exposure = true;
+    let written = export_bundle(&model, &info, &dir).expect("export");
+    assert!(written.normalize_exposure);
+    let bundle = Bundle::open(&dir).expect("open bundle");
+    assert!(bundle.info.normalize_exposure, "model.json records it");
+    let mut engine = cpu_engine(&bundle);
+    let images = mtd_images(2);
+    let batch = batch_u8(&images, 256);
+    let ort = engine.run(&batch, 2).expect("ORT run");
+    let plane = 3 * 256 * 256;
+    let mut chw = to_vec(batch_tensor(&batch, 2, 256, &device));
+    for image in chw.chunks_mut(plane) {
+        efficientad_training::data::normalize_exposure(image);
+    }
+    let maps = model.maps(Tensor::from_data(
+        TensorData::new(chw, [2, 3, 256, 256]),
+        &device,
+    ));
+    let (e_st, e_ae) = (
+        rel_diff(&ort.st, &to_vec(maps.st)),
+        rel_diff(&ort.ae, &to_vec(maps.ae)),
+    );
+    assert!(e_st < 1e-4 && e_ae < 1e-4, "map_st {e_st}, map_ae {e_ae}");
+    // The first tile at half brightness: the networks see nearly the same image.
+    let half: Vec<u8> = batch[..plane].iter().map(|&v| v / 2).collect();
+    let dimmed = engine.run(&half, 1).expect("ORT run");
+    let n = 56 * 56;
+    let (d_st, d_ae) = (
+        rel_diff(&dimmed.st, &ort.st[..n]),
+        rel_diff(&dimmed.ae, &ort.ae[..n]),
+    );
+    assert!(
+        d_st < 0.05 && d_ae < 0.05,
+        "half exposure moved the maps by {d_st}, {d_ae}"
+    );
+    // Without the option the same dimming changes the maps a lot (the check can fail).
+    let (plain_model, plain_info) = random_model(Variant::Small, 1, 9, &device);
+    let plain_dir = temp_dir("exposure-graph-off");
+    export_bundle(&plain_model, &plain_info, &plain_dir).expect("export");
+    let mut plain = cpu_engine(&Bundle::open(&plain_dir).expect("open"));
+    let (a, b) = (
+        plain.run(&batch[..plane], 1).expect("run"),
+        plain.run(&half, 1).expect("run"),
+    );
+    assert!(
+        rel_diff(&b.st, &a.st) > 0.05,
+        "dimming should matter without the option"
     );
 }

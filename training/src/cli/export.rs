@@ -90,6 +90,7 @@ fn export_random(args: &ExportArgs, device: &Device) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
     }
     let info = CheckpointInfo {
+        normalize_exposure: false,
         kind: Kind::Model,
         variant,
         width_divisor,

@@ -76,6 +76,12 @@ pub struct FitArgs {
     /// --device cpu; for tests of the GPU code path on machines without a GPU.
     #[arg(long)]
     pub allow_cpu_adapter: bool,
+    /// Normalize each image's brightness and contrast (one gain and offset per image) before
+    /// the networks, in training and inside the exported graph (recorded in model.json; the
+    /// runtime needs nothing else). For parts photographed at several exposures; use a
+    /// teacher distilled with `distill-teacher --normalize-exposure`.
+    #[arg(long)]
+    pub normalize_exposure: bool,
 }
 
 pub fn run(args: FitArgs) -> anyhow::Result<()> {
@@ -97,7 +103,13 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         train_limit,
         device: backend,
         allow_cpu_adapter,
+        normalize_exposure,
     } = args;
+    if steps == 0 {
+        bail!(
+            "--steps 0 would export and calibrate an untrained student; give at least 1 (the paper trains 70000)"
+        );
+    }
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -125,6 +137,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         backend,
         allow_cpu_adapter,
         eval_every,
+        normalize_exposure,
     };
     let calibration_out = (!skip_calibration).then(|| {
         calibration_out.unwrap_or_else(|| PathBuf::from("calibration").join(format!("{name}.json")))

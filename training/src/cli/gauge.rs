@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 use efficientad_training::distill::{BACKBONE_SIZE, TargetOptions};
 use efficientad_training::gauge::features::{BundleSource, TargetSource, TeacherSource};
@@ -24,19 +24,12 @@ pub struct GaugeArgs {
     /// Memory vectors drawn at random from the training images' feature cells.
     #[arg(long, default_value_t = 10_000)]
     pub memory: usize,
-    /// Seed of the memory draw and of the target statistics' image sample.
+    /// Seed of the memory draw.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Cells left out at each edge of the feature grid for the second image score.
     #[arg(long, default_value_t = 2)]
     pub ring: usize,
-    /// With target: the distillation images whose seeded sample gives the target's per-channel
-    /// mean and std (distill-teacher's --images).
-    #[arg(long)]
-    pub images: Option<PathBuf>,
-    /// With target: images in that sample (distill-teacher's --stats-images).
-    #[arg(long, default_value_t = 200)]
-    pub stats_images: usize,
     /// With target: normalize each image's brightness and contrast before the backbone
     /// (distill-teacher's --normalize-exposure).
     #[arg(long)]
@@ -72,27 +65,13 @@ pub fn run(args: GaugeArgs) -> anyhow::Result<()> {
     let mut source: Box<dyn FeatureSource> = match args.features.split_once(':') {
         Some(("teacher", file)) => Box::new(TeacherSource::open(file.as_ref())?),
         Some(("bundle", dir)) => Box::new(BundleSource::open(dir.as_ref())?),
-        Some(("target", file)) => {
-            let images = args.images.as_ref().context(
-                "target: needs --images, the distillation images whose statistics normalize the target",
-            )?;
-            let options = TargetOptions {
+        Some(("target", file)) => Box::new(TargetSource::open(
+            file.as_ref(),
+            TargetOptions {
                 size: args.backbone_size,
                 normalize_exposure: args.normalize_exposure,
-            };
-            Box::new(TargetSource::open(
-                file.as_ref(),
-                options,
-                images,
-                args.stats_images,
-                args.seed,
-                &mut |done, total| {
-                    progress.set_length(total as u64);
-                    progress.set_position(done as u64);
-                    progress.set_message("target statistics");
-                },
-            )?)
-        }
+            },
+        )?),
         _ => bail!(
             "--features {}: expected teacher:FILE.bpk, bundle:DIR or target:BACKBONE.onnx",
             args.features
@@ -160,9 +139,17 @@ fn summary(r: &GaugeResult) -> String {
         let groups: Vec<String> = r
             .image_auroc_by_prefix
             .iter()
-            .map(|(p, a)| format!("{p} {a:.3}"))
+            .map(|g| {
+                format!(
+                    "{} {:.3} ({} good, {} defective)",
+                    g.prefix, g.image_auroc, g.good, g.defective
+                )
+            })
             .collect();
-        out += &format!("  image AUROC by file-name prefix: {}\n", groups.join(", "));
+        out += &format!(
+            "  image AUROC by file-name prefix:\n    {}\n",
+            groups.join("\n    ")
+        );
     }
     out += &format!("  took {:.0} s\n", r.seconds);
     out

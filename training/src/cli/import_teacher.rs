@@ -33,6 +33,7 @@ pub fn run(args: ImportTeacherArgs) -> anyhow::Result<()> {
     let sha256 = efficientad::bundle::file_sha256(&pth)
         .with_context(|| format!("hashing {}", pth.display()))?;
     let info = CheckpointInfo {
+        normalize_exposure: false,
         kind: Kind::Teacher,
         variant,
         width_divisor: 1,

@@ -96,6 +96,7 @@ pub fn save(
     let state_path = dir.join(STATE);
     let _ = std::fs::remove_file(&state_path);
     let info = CheckpointInfo {
+        normalize_exposure: false,
         kind: Kind::Teacher,
         variant: config.variant,
         width_divisor: config.width_divisor.max(1),

@@ -11,6 +11,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
+use crate::data;
 use crate::model::autoencoder::{DECODER_SIZES, OUTPUT_SIZE};
 use crate::model::{EfficientAd, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, Pdn};
 use efficientad::onnx_proto::{self as proto, Attr, DataType, Dim, Message};
@@ -199,8 +200,32 @@ pub fn folded_teacher_head(model: &EfficientAd) -> (Vec<f32>, Vec<f32>) {
     (weight, bias)
 }
 
-/// Serializes the deployment graph of `model` (padding must be off) to ONNX bytes.
-pub fn build(model: &EfficientAd, metadata: &[(&str, String)]) -> Vec<u8> {
+/// Per-image exposure normalization of an NCHW batch in [0, 1], as
+/// [`crate::data::normalize_exposure`] does in training: one mean and one standard deviation
+/// over each image's pixels and channels, then gain and offset to the fixed mean and std.
+fn normalize_exposure(g: &mut Builder, x: &str) -> String {
+    let reduce = || [Attr::Ints("axes", vec![1, 2, 3]), Attr::Int("keepdims", 1)];
+    let mean = g.op("ReduceMean", "input/exposure/mean", &[x], &reduce());
+    let centred = g.op("Sub", "input/exposure/centred", &[x, &mean], &[]);
+    let square = g.op("Mul", "input/exposure/square", &[&centred, &centred], &[]);
+    let var = g.op("ReduceMean", "input/exposure/var", &[&square], &reduce());
+    let std = g.op("Sqrt", "input/exposure/std", &[&var], &[]);
+    let floor = g.init_f32("input/exposure/min_std", &[], &[data::EXPOSURE_MIN_STD]);
+    let std = g.op("Max", "input/exposure/std_floor", &[&std, &floor], &[]);
+    let target_std = g.init_f32("input/exposure/target_std", &[], &[data::EXPOSURE_STD]);
+    let gain = g.op("Div", "input/exposure/gain", &[&target_std, &std], &[]);
+    let scaled = g.op("Mul", "input/exposure/scaled", &[&centred, &gain], &[]);
+    let target_mean = g.init_f32("input/exposure/target_mean", &[], &[data::EXPOSURE_MEAN]);
+    g.op("Add", "input/exposure/out", &[&scaled, &target_mean], &[])
+}
+
+/// Serializes the deployment graph of `model` (padding must be off) to ONNX bytes; with
+/// `normalize_exposure` the networks see each image exposure-normalized.
+pub fn build(
+    model: &EfficientAd,
+    normalize_exposure_on: bool,
+    metadata: &[(&str, String)],
+) -> Vec<u8> {
     let mut g = Builder::default();
     let channels = model.teacher.out_channels();
 
@@ -217,7 +242,10 @@ pub fn build(model: &EfficientAd, metadata: &[(&str, String)]) -> Vec<u8> {
         &[Attr::Ints("perm", vec![0, 3, 1, 2])],
     );
     let c255 = g.init_f32("input/255", &[], &[255.0]);
-    let x = g.op("Div", "input/unit", &[&x, &c255], &[]);
+    let mut x = g.op("Div", "input/unit", &[&x, &c255], &[]);
+    if normalize_exposure_on {
+        x = normalize_exposure(&mut g, &x);
+    }
     let mean = g.init_f32("input/mean", &[1, 3, 1, 1], &IMAGENET_MEAN);
     let std = g.init_f32("input/std", &[1, 3, 1, 1], &IMAGENET_STD);
     let x = g.op("Sub", "input/centred", &[&x, &mean], &[]);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::checkpoint;
-use crate::distill::{Backbone, DistillError, TargetOptions, TargetStats, target_stats};
+use crate::distill::{Backbone, DistillError, TargetOptions};
 use crate::model::{IMAGE_SIZE, Pdn, imagenet_normalize};
 
 #[derive(Debug, thiserror::Error)]
@@ -216,45 +216,22 @@ impl FeatureSource for BundleSource {
     }
 }
 
-/// The distillation target of a backbone, normalized with the statistics `distill-teacher`
-/// computes from its image folder (the same seeded sample).
+/// The distillation target of a backbone, built by the same code as `distill-teacher` (its
+/// per-channel normalization by the distillation images' statistics is left out: the gauge
+/// standardizes every source with the training images' statistics, which absorbs it).
 pub struct TargetSource {
     backbone: Backbone,
     options: TargetOptions,
-    stats: TargetStats,
     describe: String,
 }
 
 impl TargetSource {
-    /// Opens the backbone and computes the target statistics on `stats_images` images of
-    /// `images` drawn with `seed` (as `distill-teacher --seed` does).
-    pub fn open(
-        backbone: &Path,
-        options: TargetOptions,
-        images: &Path,
-        stats_images: usize,
-        seed: u64,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Self, GaugeError> {
-        let mut net = Backbone::open(backbone)?;
-        let files = crate::data::folder_files(images).map_err(DistillError::from)?;
-        let sample = crate::distill::stats_sample(&files, stats_images, seed);
-        let stats = target_stats(&mut net, &sample, &options, &mut |event| {
-            if let crate::distill::Event::Stats { done, total } = event {
-                progress(done, total)
-            }
-        })?;
-        let describe = format!(
-            "target {} ({}; stats from {} images of {})",
-            backbone.display(),
-            options.describe(),
-            sample.len(),
-            images.display()
-        );
+    pub fn open(backbone: &Path, options: TargetOptions) -> Result<Self, GaugeError> {
+        let net = Backbone::open(backbone)?;
+        let describe = format!("target {} ({})", backbone.display(), options.describe());
         Ok(Self {
             backbone: net,
             options,
-            stats,
             describe,
         })
     }
@@ -272,11 +249,9 @@ impl FeatureSource for TargetSource {
                 reason,
             }
         })?;
-        let mut t = self.backbone.targets(&big, 1, self.options.size)?.remove(0);
+        let t = self.backbone.targets(&big, 1, self.options.size)?.remove(0);
         let dim = self.backbone.channels();
-        let plane = t.len() / dim;
-        self.stats.apply(&mut t);
-        let grid = (plane as f64).sqrt().round() as usize;
+        let grid = ((t.len() / dim) as f64).sqrt().round() as usize;
         Ok(FeatureMap::from_channel_major(&t, dim, grid, 0))
     }
 }

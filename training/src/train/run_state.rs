@@ -55,9 +55,10 @@ pub fn load_checkpoint(
     if state.config.dataset != config.dataset
         || state.config.seed != config.seed
         || state.config.teacher != config.teacher
+        || state.config.normalize_exposure != config.normalize_exposure
     {
         return Err(TrainError::Resume(format!(
-            "the checkpoint in {} belongs to another run (dataset, teacher or seed differ)",
+            "the checkpoint in {} belongs to another run (dataset, teacher, seed or --normalize-exposure differ)",
             ckpt.display()
         )));
     }

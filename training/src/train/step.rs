@@ -137,6 +137,8 @@ pub struct StepData {
     /// Teacher channel mean μ and std σ.
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// Every network input is exposure-normalized (`fit --normalize-exposure`).
+    pub normalize_exposure: bool,
 }
 
 /// Memory for cached teacher outputs (4.8 MB per image for PDN-S). 665 MTD training images
@@ -152,6 +154,7 @@ impl StepData {
         train: Vec<Vec<u8>>,
         penalty: Vec<Vec<u8>>,
         teacher: Pdn,
+        normalize_exposure: bool,
         device: &Device,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Self {
@@ -159,7 +162,7 @@ impl StepData {
         let mut teacher_outputs = Vec::with_capacity(train.len());
         let mut cached = 0usize;
         for (i, px) in train.iter().enumerate() {
-            let raw = teacher_raw(&teacher, &data::to_chw(px, IMAGE_SIZE), device);
+            let raw = teacher_raw(&teacher, &input(px, normalize_exposure), device);
             stats.add(&raw);
             let bytes = raw.len() * std::mem::size_of::<f32>();
             if cached + bytes <= TEACHER_CACHE_BYTES {
@@ -181,6 +184,7 @@ impl StepData {
             teacher_outputs,
             mean,
             std,
+            normalize_exposure,
         }
     }
 
@@ -234,13 +238,21 @@ pub fn step(
     lr: f64,
     (plain, device): (&Device, &Device),
 ) -> (EfficientAd, StepLosses) {
-    let image = data::to_chw(&data.train[index], IMAGE_SIZE);
+    let raw = data::to_chw(&data.train[index], IMAGE_SIZE);
     let mut penalty = data::to_chw(&data.penalty[rng.below(data.penalty.len())], IMAGE_SIZE);
     if rng.uniform() < PENALTY_GRAY_P {
         data::grayscale(&mut penalty);
     }
-    let mut augmented = image.clone();
+    // The jitter acts on the image as captured (it clamps to [0, 1]); the exposure
+    // normalization, like the exported graph's, on whatever reaches the networks.
+    let mut augmented = raw.clone();
     ColorJitter::sample(rng).apply(&mut augmented);
+    let mut image = raw;
+    if data.normalize_exposure {
+        for chw in [&mut image, &mut penalty, &mut augmented] {
+            data::normalize_exposure(chw);
+        }
+    }
     let teacher_image = data.teacher_output(index, &image, plain);
     let mut teacher_augmented = teacher_raw(&data.teacher, &augmented, plain);
     normalize_in_place(&mut teacher_augmented, &data.mean, &data.std);
@@ -259,6 +271,16 @@ pub fn step(
     model.student = optimizers.student.step(lr, model.student, grads_student);
     model.autoencoder = optimizers.autoencoder.step(lr, model.autoencoder, grads_ae);
     (model, values)
+}
+
+/// An RGB8 `IMAGE_SIZE`² image as the networks see it: CHW in [0, 1], exposure-normalized
+/// when asked.
+fn input(px: &[u8], normalize_exposure: bool) -> Vec<f32> {
+    let mut chw = data::to_chw(px, IMAGE_SIZE);
+    if normalize_exposure {
+        data::normalize_exposure(&mut chw);
+    }
+    chw
 }
 
 /// Teacher outputs (raw, before μ/σ) of an image on the plain device, `[C·56·56]`.
