@@ -55,7 +55,7 @@ pub fn run(args: GaugeArgs) -> anyhow::Result<()> {
     if args.memory == 0 {
         bail!("--memory must be at least 1");
     }
-    if args.backbone_size == 0 || args.backbone_size % 32 != 0 {
+    if args.backbone_size == 0 || !args.backbone_size.is_multiple_of(32) {
         bail!(
             "--backbone-size {} is not a positive multiple of 32",
             args.backbone_size
