@@ -213,6 +213,25 @@ impl Monitor {
         });
     }
 
+    /// Takes back the counts of an answer that [`Monitor::record`] counted but that could not
+    /// be delivered (its latency samples stay: the part was judged).
+    pub fn retract(&self, answer: &Answer) {
+        self.with(|s| {
+            let count = match answer.verdict {
+                Verdict::Ok => &mut s.ok,
+                Verdict::Ng => &mut s.ng,
+                Verdict::Error => &mut s.errors,
+            };
+            *count = count.saturating_sub(1);
+            if let Some(reason) = &answer.error {
+                let kind = error_kind(reason);
+                if let Some(n) = s.error_kinds.get_mut(&kind) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        });
+    }
+
     /// Keeps an NG part for the status page (the oldest of [`KEPT_NG`] goes).
     pub fn keep_ng(&self, part: NgPart) {
         self.with(|s| {
@@ -327,6 +346,10 @@ mod tests {
         assert_eq!(total.buckets[2], 1, "3 ms falls in le=5");
         assert_eq!(total.buckets[8], 1, "250 ms falls in le=300");
         assert!((total.sum_ms - 253.0).abs() < 1e-9);
+        // An answer that could not be delivered is taken back.
+        m.retract(&answer(Verdict::Error, Some("bad frame: x"), 0.0));
+        let s = m.snapshot();
+        assert_eq!((s.errors, s.error_kinds.get("bad frame")), (1, Some(&1)));
     }
 
     #[test]

@@ -249,15 +249,20 @@ impl Pipeline {
             });
             for answer in answer_rx.iter() {
                 each(&answer);
-                // Counted only once delivered: nothing undelivered passes for answered.
+                // In the monitor before the line goes out, so a client that has read an
+                // answer finds it counted; taken back if the line cannot be delivered, so
+                // nothing undelivered passes for answered.
+                if let Some(m) = &self.monitor {
+                    m.record(&answer);
+                }
                 if !lines.write(&answer) {
+                    if let Some(m) = &self.monitor {
+                        m.retract(&answer);
+                    }
                     let _ = gone_tx.try_send(());
                     break;
                 }
                 summary.record(&answer);
-                if let Some(m) = &self.monitor {
-                    m.record(&answer);
-                }
             }
             // Unblocks the inference thread if it is waiting to hand over an answer.
             drop(answer_rx);

@@ -57,6 +57,18 @@ impl FeatureMap {
     }
 }
 
+/// An image file decoded and resized as the runtime does: RGB8 HWC, `size`².
+fn rgb_at(path: &Path, size: usize) -> Result<Vec<u8>, GaugeError> {
+    let image_error = |reason: String| GaugeError::Image {
+        path: path.to_owned(),
+        reason,
+    };
+    let img = efficientad::preprocess::decode_file(path).map_err(|e| image_error(e.to_string()))?;
+    efficientad::preprocess::Preprocessor::new(size)
+        .prepare_vec(img)
+        .map_err(|e| image_error(e.to_string()))
+}
+
 /// Something that turns an image file into a feature map.
 pub trait FeatureSource {
     /// One line saying what the features are, for the report.
@@ -89,15 +101,7 @@ impl FeatureSource for TeacherSource {
     }
 
     fn features(&mut self, path: &Path) -> Result<FeatureMap, GaugeError> {
-        let image_error = |reason: String| GaugeError::Image {
-            path: path.to_owned(),
-            reason,
-        };
-        let img =
-            efficientad::preprocess::decode_file(path).map_err(|e| image_error(e.to_string()))?;
-        let px = efficientad::preprocess::Preprocessor::new(IMAGE_SIZE)
-            .prepare_vec(img)
-            .map_err(|e| image_error(e.to_string()))?;
+        let px = rgb_at(path, IMAGE_SIZE)?;
         let chw = crate::data::to_chw(&px, IMAGE_SIZE);
         let x = Tensor::<4>::from_data(
             TensorData::new(chw, [1, 3, IMAGE_SIZE, IMAGE_SIZE]),
@@ -187,15 +191,7 @@ impl FeatureSource for BundleSource {
     }
 
     fn features(&mut self, path: &Path) -> Result<FeatureMap, GaugeError> {
-        let image_error = |reason: String| GaugeError::Image {
-            path: path.to_owned(),
-            reason,
-        };
-        let img =
-            efficientad::preprocess::decode_file(path).map_err(|e| image_error(e.to_string()))?;
-        let px = efficientad::preprocess::Preprocessor::new(self.size)
-            .prepare_vec(img)
-            .map_err(|e| image_error(e.to_string()))?;
+        let px = rgb_at(path, self.size)?;
         let err = |e: &dyn std::fmt::Display| GaugeError::Other(format!("bundle teacher: {e}"));
         let input = ort::value::TensorRef::from_array_view(([1, self.size, self.size, 3], &px[..]))
             .map_err(|e| err(&e))?;
