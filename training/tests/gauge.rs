@@ -134,3 +134,51 @@ fn gauge_of_a_target_agrees_with_numpy_and_scikit_learn() {
         assert!(close(a, b, 1e-4), "pixel AUROC {a} vs scikit-learn {b}");
     }
 }
+
+/// `scripts/backbone-outputs` re-wires the two feature outputs: selecting the original tensors
+/// gives a graph whose outputs equal the source's; selecting the stage outputs gives the
+/// shapes of those blocks, and the distillation target code accepts the result.
+#[test]
+fn backbone_outputs_script_rewires_the_feature_outputs() {
+    let dir = temp_dir("backbone-outputs");
+    let backbone = shared_data().join("../weights/efficientnet_lite0_features.onnx");
+    let script = root().join("scripts/backbone-outputs");
+    let make = |fine: &str, coarse: &str, out: &Path| {
+        let output = Command::new("python3")
+            .arg(&script)
+            .arg(&backbone)
+            .args([fine, coarse])
+            .arg(out)
+            .output()
+            .expect("python3 with onnx (see .ci/run)");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let (same, stages) = (dir.join("same.onnx"), dir.join("stages.onnx"));
+    make("feat_s8", "feat_s16", &same);
+    make("blocks.4.out", "blocks.10.out", &stages);
+    let image: Vec<f32> = (0..3 * 64 * 64).map(|i| (i % 251) as f32 / 251.0).collect();
+    let targets = |path: &Path| {
+        efficientad_training::distill::Backbone::open(path)
+            .expect("backbone")
+            .targets(&image, 1, 64)
+            .expect("targets")
+            .remove(0)
+    };
+    assert_eq!(targets(&same), targets(&backbone), "same tensors, same target");
+    let t = targets(&stages);
+    assert_eq!(t.len(), 384 * 8 * 8, "a 384-channel target on the /8 grid");
+    assert_ne!(t, targets(&backbone));
+    let bad = Command::new("python3")
+        .arg(&script)
+        .arg(&backbone)
+        .args(["no.such.tensor", "feat_s16"])
+        .arg(dir.join("bad.onnx"))
+        .output()
+        .expect("python3");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no.such.tensor"));
+}
