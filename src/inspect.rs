@@ -48,6 +48,10 @@ pub struct HeatmapLimits {
     pub max_bytes: u64,
 }
 
+/// The file in a heatmap folder that lists the heatmaps written there, oldest first (hidden:
+/// folder listings skip it).
+pub const HEATMAP_INDEX: &str = ".efficientad-heatmaps";
+
 /// Defaults of `--heatmaps-max-files` and `--heatmaps-max-mb`: at about 200 KB per overlay of
 /// a 640x480 part, 1 GiB holds some 5,000 heatmaps — the NG parts of several shifts.
 pub const DEFAULT_HEATMAP_MAX_FILES: usize = 10_000;
@@ -76,8 +80,10 @@ impl HeatmapSink {
         Self::with_limits(dir, all, HeatmapLimits::default())
     }
 
-    /// As [`HeatmapSink::new`] with `limits`; the PNGs already in `dir` count towards them
-    /// (oldest first by modification time), so a restarted run keeps the folder bounded.
+    /// As [`HeatmapSink::new`] with `limits`. The heatmaps earlier runs wrote into `dir` count
+    /// towards them, oldest first, so a restarted run keeps the folder bounded. Only files a
+    /// sink wrote are ever removed: they are listed in the folder's [`HEATMAP_INDEX`]; other
+    /// files in the folder (a user's own pictures) are never touched.
     pub fn with_limits(
         dir: &Path,
         all: bool,
@@ -88,33 +94,56 @@ impl HeatmapSink {
             reason: e.to_string(),
         };
         std::fs::create_dir_all(dir).map_err(err)?;
-        let mut found: Vec<(std::time::SystemTime, PathBuf, u64)> = std::fs::read_dir(dir)
-            .map_err(err)?
-            .filter_map(Result::ok)
-            .filter(|e| {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                !name.starts_with('.') && name.ends_with(".png")
-            })
-            .filter_map(|e| {
-                let m = e.metadata().ok().filter(|m| m.is_file())?;
-                Some((m.modified().ok()?, e.path(), m.len()))
+        // The index lists, oldest first, the heatmaps written into this folder; those still
+        // there are this sink's to manage. It is rewritten without the gone ones.
+        let index = dir.join(HEATMAP_INDEX);
+        let listed = match std::fs::read_to_string(&index) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(err(e)),
+        };
+        let mut seen = std::collections::HashSet::new();
+        let kept: VecDeque<(PathBuf, u64)> = listed
+            .lines()
+            .filter(|name| !name.is_empty() && !name.contains('/') && seen.insert(*name))
+            .filter_map(|name| {
+                let path = dir.join(name);
+                let m = std::fs::symlink_metadata(&path)
+                    .ok()
+                    .filter(|m| m.is_file())?;
+                Some((path, m.len()))
             })
             .collect();
-        found.sort();
-        let bytes = found.iter().map(|(_, _, b)| b).sum();
+        let bytes = kept.iter().map(|(_, b)| b).sum();
         let mut sink = Self {
             dir: dir.to_owned(),
             all,
             names: HeatmapNames::default(),
             limits,
-            kept: found.into_iter().map(|(_, p, b)| (p, b)).collect(),
+            kept,
             bytes,
             written: 0,
             removed: 0,
         };
         sink.enforce(0);
+        sink.rewrite_index().map_err(err)?;
         Ok(sink)
+    }
+
+    /// The index as the kept heatmaps are now (written aside, then renamed over it).
+    fn rewrite_index(&self) -> std::io::Result<()> {
+        let mut text = String::new();
+        for (path, _) in &self.kept {
+            if let Some(name) = path.file_name() {
+                text.push_str(&name.to_string_lossy());
+                text.push('\n');
+            }
+        }
+        let temp = self
+            .dir
+            .join(format!("{HEATMAP_INDEX}.{}", std::process::id()));
+        std::fs::write(&temp, text)?;
+        std::fs::rename(&temp, self.dir.join(HEATMAP_INDEX))
     }
 
     /// A sink when a folder is given (the commands' `--heatmaps DIR`), none otherwise.
@@ -136,6 +165,23 @@ impl HeatmapSink {
     pub fn write(&mut self, input: &Path, image: &RgbImage) -> Result<PathBuf, String> {
         let path = self.names.write(&self.dir, input, image)?;
         let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        // Appended (one short line, atomic with O_APPEND) so a later run can bound it too.
+        if let Some(name) = path.file_name() {
+            use std::io::Write;
+            let line = format!("{}\n", name.to_string_lossy());
+            let appended = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(HEATMAP_INDEX))
+                .and_then(|mut f| f.write_all(line.as_bytes()));
+            if let Err(e) = appended {
+                crate::log_line!(
+                    "efficientad: warning: cannot record heatmap {} in {}: {e}",
+                    path.display(),
+                    HEATMAP_INDEX
+                );
+            }
+        }
         self.kept.push_back((path.clone(), size));
         self.bytes += size;
         self.written += 1;
@@ -263,18 +309,29 @@ mod tests {
 
     /// Two heatmaps of an earlier run and a limit of 3 files: writing 3 more removes the two
     /// old ones first, then the oldest of this run; the byte limit works the same way and never
-    /// removes the heatmap just written.
+    /// removes the heatmap just written; a user's own PNG in the folder is never touched.
     #[test]
     fn the_heatmap_folder_stays_within_its_limits_oldest_first() {
         let dir = std::env::temp_dir().join(format!("heatmap-limits-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("mkdir");
         let img = RgbImage::from_pixel(8, 8, image::Rgb([10, 200, 30]));
-        for old in ["old_1.png", "old_2.png"] {
-            img.save(dir.join(old)).expect("png");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        img.save(dir.join("mine.png"))
+            .expect("a user's own picture");
         std::fs::write(dir.join("notes.txt"), b"not a heatmap").expect("write");
+        let unlimited = HeatmapLimits {
+            max_files: 0,
+            max_bytes: 0,
+        };
+        let mut earlier = HeatmapSink::with_limits(&dir, true, unlimited).expect("sink");
+        let old: Vec<PathBuf> = (0..2)
+            .map(|_| {
+                earlier
+                    .write(Path::new("cam/old.png"), &img)
+                    .expect("write")
+            })
+            .collect();
+        drop(earlier);
         let limits = HeatmapLimits {
             max_files: 3,
             max_bytes: 0,
@@ -284,9 +341,12 @@ mod tests {
             .map(|_| sink.write(Path::new("usb:0"), &img).expect("write"))
             .collect();
         assert_eq!((sink.written, sink.removed), (3, 2));
-        assert!(!dir.join("old_1.png").exists() && !dir.join("old_2.png").exists());
+        assert!(
+            old.iter().all(|p| !p.exists()),
+            "the earlier run's go first"
+        );
         assert!(written.iter().all(|p| p.exists()));
-        assert!(dir.join("notes.txt").exists(), "only PNGs are heatmaps");
+        assert!(dir.join("mine.png").exists() && dir.join("notes.txt").exists());
         let fourth = sink.write(Path::new("usb:0"), &img).expect("write");
         assert!(!written[0].exists() && fourth.exists());
         assert_eq!(sink.removed, 3);
@@ -302,10 +362,11 @@ mod tests {
             },
         )
         .expect("sink");
-        assert_eq!(sink.removed, 2, "three found, one fits");
+        assert_eq!(sink.removed, 2, "three listed, one fits");
         let last = sink.write(Path::new("usb:0"), &img).expect("write");
         assert!(last.exists() && !fourth.exists());
         assert_eq!(sink.bytes(), one);
+        assert!(dir.join("mine.png").exists(), "never a file no sink wrote");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

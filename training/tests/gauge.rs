@@ -168,7 +168,11 @@ fn backbone_outputs_script_rewires_the_feature_outputs() {
             .expect("targets")
             .remove(0)
     };
-    assert_eq!(targets(&same), targets(&backbone), "same tensors, same target");
+    assert_eq!(
+        targets(&same),
+        targets(&backbone),
+        "same tensors, same target"
+    );
     let t = targets(&stages);
     assert_eq!(t.len(), 384 * 8 * 8, "a 384-channel target on the /8 grid");
     assert_ne!(t, targets(&backbone));
