@@ -2978,8 +2978,15 @@ fn http_serves_health_beside_slow_and_idle_clients_and_keeps_ids_exact() {
         worst = worst.max(t0.elapsed());
         assert!(status.starts_with("HTTP/1.1 "), "{status}");
     }
+    // The 100 ms bound is for the real machine; under emulation (the aarch64 job, ~60x
+    // slower) only that the answer comes at all, well before the slow client's deadline.
+    let bound = if runner().is_some() {
+        Duration::from_millis(1500)
+    } else {
+        Duration::from_millis(100)
+    };
     assert!(
-        worst < Duration::from_millis(100),
+        worst < bound,
         "/healthz took {worst:?} beside 300 idle connections and a slow client"
     );
     let (took, response) = slow.join().expect("slow client");
