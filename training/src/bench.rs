@@ -128,11 +128,12 @@ pub fn bench_fit(
     let step_data = StepData::new(
         train_set.pixels,
         penalty_set.pixels,
-        teacher.clone(),
+        train::Teacher::Pdn(teacher.clone()),
         false,
         &plain,
         &mut |_, _| {},
-    );
+    )
+    .map_err(|e| BenchError::Other(e.to_string()))?;
     let mut model = EfficientAd::with_teacher(teacher.fork(&device), &teacher_config, &device);
     model.init_weights(&mut rng, false, &device);
     let mut optimizers = Optimizers::new();
@@ -148,7 +149,8 @@ pub fn bench_fit(
             &mut rng,
             train::LEARNING_RATE,
             (&plain, &device),
-        );
+        )
+        .map_err(|e| BenchError::Other(e.to_string()))?;
         model = stepped;
         let seconds = t0.elapsed().as_secs_f64();
         if !losses.total.is_finite() {

@@ -71,6 +71,13 @@ pub enum TeacherProvenance {
         images: String,
         steps: usize,
     },
+    /// No teacher network: the distillation target of `backbone` is the teacher
+    /// (`fit --teacher target:BACKBONE.onnx`).
+    Target {
+        backbone: String,
+        backbone_sha256: String,
+        shape: crate::target_teacher::TargetShape,
+    },
     /// Freshly initialized (plumbing tests only).
     Random { seed: u64 },
 }

@@ -18,6 +18,7 @@ mod target;
 
 pub use resume::DistillState;
 pub use stats::{TargetStats, stats_sample, target_stats};
+pub(crate) use target::upsample_positions;
 pub use target::{Backbone, TargetOptions, adaptive_pool, patch_target, unfold_pool, views};
 
 use crate::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};

@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 
 use efficientad::bundle::{BUNDLE_FORMAT_VERSION, ModelInfo};
 
-use crate::checkpoint::CheckpointInfo;
+use crate::checkpoint::{CheckpointInfo, TeacherProvenance};
 use crate::model::autoencoder::OUTPUT_SIZE;
 use crate::model::{EfficientAd, IMAGE_SIZE};
+use efficientad::onnx_proto::read;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -21,6 +22,10 @@ pub enum ExportError {
     Write { path: PathBuf, reason: String },
     #[error("the model has padding on; deployment graphs are exported with padding off")]
     PaddingOn,
+    #[error(
+        "the model's teacher is the target of the backbone {path}: {reason}; export needs that exact file (it becomes part of the graph)"
+    )]
+    Backbone { path: PathBuf, reason: String },
 }
 
 /// Exports `model` into the bundle folder `out` and returns the model.json written.
@@ -44,7 +49,41 @@ pub fn export_bundle(
             format!("efficientad-train {}", env!("CARGO_PKG_VERSION")),
         ),
     ];
-    let bytes = graph::build(model, info.normalize_exposure, &metadata);
+    // A target teacher's backbone is read again and checked to be the file trained with.
+    let backbone = match &info.teacher {
+        TeacherProvenance::Target {
+            backbone,
+            backbone_sha256,
+            shape,
+        } => {
+            let path = PathBuf::from(backbone);
+            let err = |reason: String| ExportError::Backbone {
+                path: path.clone(),
+                reason,
+            };
+            let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
+            let found = efficientad::bundle::sha256_hex(&bytes);
+            if &found != backbone_sha256 {
+                return Err(err(format!(
+                    "its sha256 is {found}, training used {backbone_sha256}"
+                )));
+            }
+            let model = read::Model::decode(&bytes).map_err(|e| err(e.to_string()))?;
+            Some((model, shape, path))
+        }
+        _ => None,
+    };
+    let teacher = match &backbone {
+        Some((backbone, shape, _)) => graph::TeacherGraph::Target { backbone, shape },
+        None => graph::TeacherGraph::Pdn,
+    };
+    let bytes =
+        graph::build(model, &teacher, info.normalize_exposure, &metadata).map_err(|reason| {
+            ExportError::Backbone {
+                path: backbone.as_ref().map(|b| b.2.clone()).unwrap_or_default(),
+                reason,
+            }
+        })?;
     let onnx_path = out.join(efficientad::bundle::MODEL_FILE);
     std::fs::write(&onnx_path, &bytes).map_err(|e| write_err(&onnx_path, &e))?;
 

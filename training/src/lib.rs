@@ -14,5 +14,6 @@ pub mod loss;
 pub mod model;
 pub mod pool;
 pub mod quality;
+pub mod target_teacher;
 pub mod teacher;
 pub mod train;

@@ -25,13 +25,14 @@ use serde::{Deserialize, Serialize};
 pub use run_state::{RunState, Work, read_log, save_checkpoint, stop_flag};
 pub(crate) use step::scalar;
 pub use step::{
-    Optimizers, StepData, StepInputs, StepLosses, TEACHER_CACHE_BYTES, adam, losses, step,
+    Optimizers, StepData, StepInputs, StepLosses, TEACHER_CACHE_BYTES, Teacher, adam, losses, step,
     teacher_raw,
 };
 
-use crate::checkpoint::{self, CheckpointInfo, Kind};
+use crate::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
 use crate::data::{self, Rng};
-use crate::model::{EfficientAd, IMAGE_SIZE, set_teacher_stats};
+use crate::model::{EfficientAd, IMAGE_SIZE, Pdn, Variant, set_teacher_stats};
+use crate::target_teacher::{TargetTeacher, target_path};
 
 /// Learning rate and its drop (SPEC).
 pub const LEARNING_RATE: f64 = 1e-4;
@@ -50,13 +51,19 @@ pub enum TrainError {
     Io(String),
     #[error("resume: {0}")]
     Resume(String),
+    #[error(transparent)]
+    Teacher(#[from] crate::distill::DistillError),
 }
 
 /// Everything that defines a run; saved beside its checkpoints and in model.json.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FitConfig {
     pub dataset: PathBuf,
+    /// A teacher checkpoint, or `target:BACKBONE.onnx` (the distillation target as teacher).
     pub teacher: PathBuf,
+    /// PDN size of the student (a PDN teacher's own size; checked by the command).
+    #[serde(default)]
+    pub variant: Variant,
     pub penalty_images: PathBuf,
     pub steps: usize,
     pub seed: u64,
@@ -174,7 +181,7 @@ impl Run {
         }
 
         // Model: fresh around the teacher, or the checkpoint when resuming.
-        let (teacher_pdn, teacher_info) = checkpoint::load_teacher(&config.teacher, None, &plain)?;
+        let (teacher, teacher_pdn, teacher_info) = open_teacher(config, &plain)?;
         let info = CheckpointInfo {
             kind: Kind::Model,
             variant: teacher_info.variant,
@@ -244,7 +251,7 @@ impl Run {
         let data = StepData::new(
             train_set,
             penalty_set,
-            teacher_pdn,
+            teacher,
             config.normalize_exposure,
             &plain,
             &mut |done, total| {
@@ -254,7 +261,7 @@ impl Run {
                     what: "teacher outputs",
                 })
             },
-        );
+        )?;
         set_teacher_stats(&mut model, &data.mean, &data.std, &device).map_err(TrainError::Io)?;
         Ok(Self {
             plain,
@@ -316,7 +323,7 @@ impl Run {
                 &mut state.rng,
                 lr,
                 (&self.plain, &self.device),
-            );
+            )?;
             self.model = stepped;
             state.step += 1;
             state.last_losses = values;
@@ -390,6 +397,37 @@ impl Run {
             interrupted,
         }
     }
+}
+
+/// The run's teacher, the PDN the model is assembled around, and the teacher's description.
+///
+/// A target teacher (`target:BACKBONE.onnx`) lives outside the Burn module: the model's own
+/// teacher field then holds an untrained PDN of the student's size that nothing reads (the
+/// export and every step take the teacher from its provenance).
+fn open_teacher(
+    config: &FitConfig,
+    plain: &Device,
+) -> Result<(Teacher, Pdn, CheckpointInfo), TrainError> {
+    let Some(backbone) = target_path(&config.teacher) else {
+        let (pdn, info) = checkpoint::load_teacher(&config.teacher, None, plain)?;
+        return Ok((Teacher::Pdn(pdn.clone()), pdn, info));
+    };
+    let target = TargetTeacher::open(&backbone)?;
+    let info = CheckpointInfo {
+        kind: Kind::Teacher,
+        variant: config.variant,
+        width_divisor: 1,
+        teacher: TeacherProvenance::Target {
+            backbone: backbone.display().to_string(),
+            backbone_sha256: target.sha256.clone(),
+            shape: target.shape.clone(),
+        },
+        training: serde_json::json!({ "distillation": "none: the backbone target is the teacher" }),
+        normalize_exposure: config.normalize_exposure,
+    };
+    let mut placeholder = info.teacher_config().init(plain);
+    placeholder.set_padding(false);
+    Ok((Teacher::Target(Box::new(target)), placeholder, info))
 }
 
 /// Decoded images, RGB at network resolution, one buffer each.

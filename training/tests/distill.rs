@@ -206,3 +206,93 @@ fn distillation_extended_with_resume_equals_an_uninterrupted_run() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--stats-images"), "{stderr}");
 }
+
+/// `fit --teacher target:BACKBONE.onnx`: the exported graph (backbone nodes, the target
+/// construction as convolutions with μ/σ folded, resizes, crop) gives the ST map that training
+/// computes from the backbone in ONNX Runtime, the pooling construction in Rust and the student
+/// in Burn — on two real tiles, with non-trivial statistics.
+#[test]
+fn a_target_teacher_exports_the_map_training_computes() {
+    use burn::module::Module;
+    use efficientad::bundle::Bundle;
+    use efficientad::engine::{Engine, EngineOptions, Provider};
+    use efficientad_training::checkpoint::{CheckpointInfo, Kind};
+    use efficientad_training::data::Rng;
+    use efficientad_training::export::export_bundle;
+    use efficientad_training::model::{EfficientAd, imagenet_normalize, set_teacher_stats};
+    use efficientad_training::target_teacher::TargetTeacher;
+
+    let device = Device::flex();
+    let target = TargetTeacher::open(&backbone()).expect("open the backbone");
+    assert_eq!(target.shape.grid, 32, "Lite0's stride-8 map at 256x256");
+    let info = CheckpointInfo {
+        kind: Kind::Model,
+        variant: Variant::Small,
+        width_divisor: 1,
+        teacher: TeacherProvenance::Target {
+            backbone: backbone().display().to_string(),
+            backbone_sha256: target.sha256.clone(),
+            shape: target.shape.clone(),
+        },
+        training: serde_json::Value::Null,
+        normalize_exposure: false,
+    };
+    let mut model = EfficientAd::new(&info.teacher_config(), &device);
+    model.init_weights(&mut Rng::new(5), false, &device);
+
+    let paths = mtd_images(2);
+    let batch = batch_u8(&paths, 256);
+    let chw: Vec<Vec<f32>> = batch
+        .chunks(256 * 256 * 3)
+        .map(|px| efficientad_training::data::to_chw(px, 256))
+        .collect();
+    let raw: Vec<Vec<f32>> = chw
+        .iter()
+        .map(|x| target.raw(x).expect("teacher"))
+        .collect();
+    let (c, plane) = (384, 56 * 56);
+    assert_eq!(raw[0].len(), c * plane);
+    // μ and σ of these two outputs per channel: far from (0, 1), so a missed fold shows.
+    let mut mean = vec![0f32; c];
+    let mut std = vec![0f32; c];
+    for k in 0..c {
+        let values: Vec<f64> = raw
+            .iter()
+            .flat_map(|r| r[k * plane..(k + 1) * plane].iter().map(|&v| f64::from(v)))
+            .collect();
+        let m = values.iter().sum::<f64>() / values.len() as f64;
+        let v = values.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / values.len() as f64;
+        mean[k] = m as f32;
+        std[k] = v.sqrt().max(1e-3) as f32;
+    }
+    set_teacher_stats(&mut model, &mean, &std, &device).expect("stats");
+
+    let dir = temp_dir("target-teacher-export");
+    export_bundle(&model, &info, &dir).expect("export");
+    let bundle = Bundle::open(&dir).expect("bundle");
+    let options = EngineOptions {
+        provider: Provider::Cpu,
+        intra_threads: Some(2),
+        ..EngineOptions::default()
+    };
+    let mut engine = Engine::new(&bundle, &options).expect("engine");
+    let ort = engine.run(&batch, 2).expect("run");
+
+    let x = imagenet_normalize(batch_tensor(&batch, 2, 256, &device));
+    let student = to_vec(model.student.valid().forward(x));
+    let mut reference = Vec::with_capacity(2 * plane);
+    for (i, r) in raw.iter().enumerate() {
+        let s = &student[i * 2 * c * plane..];
+        for p in 0..plane {
+            let mut sum = 0f64;
+            for k in 0..c {
+                let t = (r[k * plane + p] - mean[k]) / std[k];
+                let d = f64::from(t - s[k * plane + p]);
+                sum += d * d;
+            }
+            reference.push((sum / c as f64) as f32);
+        }
+    }
+    let err = rel_diff(&ort.st, &reference);
+    assert!(err < 1e-4, "exported map_st vs training's teacher: {err}");
+}

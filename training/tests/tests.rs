@@ -818,6 +818,7 @@ fn fit_config(
     FitConfig {
         dataset: dataset.to_owned(),
         teacher: teacher.to_owned(),
+        variant: Default::default(),
         penalty_images: penalty.to_owned(),
         steps,
         seed: 3,

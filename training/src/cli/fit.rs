@@ -15,6 +15,7 @@ use efficientad_training::checkpoint;
 use efficientad_training::export::export_bundle;
 use efficientad_training::model::Variant;
 use efficientad_training::quality::{QualityCheck, log_quality};
+use efficientad_training::target_teacher::target_path;
 use efficientad_training::train::{Event, FitConfig, stop_flag, train};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -25,8 +26,10 @@ pub struct FitArgs {
     /// Dataset folder: train/good (and validation/good) inside.
     #[arg(long)]
     pub dataset: PathBuf,
-    /// Teacher checkpoint (from import-teacher or distill-teacher).
-    #[arg(long)]
+    /// Teacher checkpoint (from import-teacher or distill-teacher), or target:BACKBONE.onnx:
+    /// no teacher network, the backbone's distillation target itself (at 256x256) is the
+    /// teacher, and the exported graph contains the backbone.
+    #[arg(long, value_name = "FILE.bpk|target:FILE.onnx")]
     pub teacher: PathBuf,
     /// Natural images for the penalty loss (e.g. ImageNet samples).
     #[arg(long)]
@@ -114,8 +117,12 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .context("--out must name a bundle folder, e.g. onnx/my-part")?;
-    let teacher_info = checkpoint::read_info(&teacher)?;
-    if teacher_info.variant != variant {
+    // A target teacher (`target:BACKBONE.onnx`) has no size: the student takes --variant's.
+    let teacher_info = match target_path(&teacher) {
+        Some(_) => None,
+        None => Some(checkpoint::read_info(&teacher)?),
+    };
+    if let Some(teacher_info) = teacher_info.filter(|t| t.variant != variant) {
         bail!(
             "{} is a PDN-{} teacher, but --variant {variant} was given; train with --variant {} or use a PDN-{variant} teacher",
             teacher.display(),
@@ -126,6 +133,7 @@ pub fn run(args: FitArgs) -> anyhow::Result<()> {
     let config = FitConfig {
         dataset,
         teacher,
+        variant,
         penalty_images,
         steps,
         seed,

@@ -54,7 +54,7 @@ pub fn unfold_pool(feat: &[f32], c: usize, h: usize, w: usize, dim: usize) -> Ve
 }
 
 /// Half-pixel bilinear resize of `[h·w, dim]` position-major vectors to `[th·tw, dim]`.
-fn upsample_positions(
+pub(crate) fn upsample_positions(
     src: &[f32],
     h: usize,
     w: usize,
@@ -195,7 +195,11 @@ impl Backbone {
             reason: e.to_string(),
         };
         let lib = efficientad::ortlib::load().map_err(|e| err(&e))?;
+        // Backbone runs alternate with Burn's work on the same cores: ONNX Runtime's threads
+        // must sleep between runs rather than spin.
         let session = Session::builder(&lib.environment)
+            .map_err(|e| err(&e))?
+            .with_intra_op_spinning(false)
             .map_err(|e| err(&e))?
             .commit_from_file(path)
             .map_err(|e| err(&e))?;
@@ -222,14 +226,21 @@ impl Backbone {
         self.channels
     }
 
-    /// Targets for a batch of CHW images at `size`², each `[channels, (size/8)²]` (384 x 64² at
-    /// the paper's 512).
-    pub fn targets(
+    /// The two raw feature maps of a batch of CHW images at `size`²: fine and coarse values
+    /// (`[n, c, h, w]` each, flattened) with their `(c, h, w)`.
+    #[allow(clippy::type_complexity)]
+    pub fn features(
         &mut self,
         batch: &[f32],
         n: usize,
         size: usize,
-    ) -> Result<Vec<Vec<f32>>, DistillError> {
+    ) -> Result<
+        (
+            (Vec<f32>, (usize, usize, usize)),
+            (Vec<f32>, (usize, usize, usize)),
+        ),
+        DistillError,
+    > {
         let s = size;
         let path = self.path.clone();
         let error = |e: &dyn std::fmt::Display| DistillError::Backbone {
@@ -241,16 +252,31 @@ impl Backbone {
             .session
             .run(ort::inputs!["image" => input])
             .map_err(|e| error(&e))?;
-        let (fine_shape, fine) = outputs[0]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| error(&e))?;
-        let (coarse_shape, coarse) = outputs[1]
-            .try_extract_tensor::<f32>()
-            .map_err(|e| error(&e))?;
-        let dims = |s: &ort::value::Shape| -> (usize, usize, usize) {
-            (s[1] as usize, s[2] as usize, s[3] as usize)
-        };
-        let (fd, cd) = (dims(fine_shape), dims(coarse_shape));
+        let mut maps = Vec::with_capacity(2);
+        for output in [&outputs[0], &outputs[1]] {
+            let (shape, values) = output.try_extract_tensor::<f32>().map_err(|e| error(&e))?;
+            if shape.len() != 4 || shape[0] as usize != n {
+                return Err(error(&format!(
+                    "a feature output has shape {shape:?}, expected [{n}, C, H, W]"
+                )));
+            }
+            let dims = (shape[1] as usize, shape[2] as usize, shape[3] as usize);
+            maps.push((values.to_vec(), dims));
+        }
+        let coarse = maps.pop().unwrap_or_default();
+        let fine = maps.pop().unwrap_or_default();
+        Ok((fine, coarse))
+    }
+
+    /// Targets for a batch of CHW images at `size`², each `[channels, (size/8)²]` (384 x 64² at
+    /// the paper's 512).
+    pub fn targets(
+        &mut self,
+        batch: &[f32],
+        n: usize,
+        size: usize,
+    ) -> Result<Vec<Vec<f32>>, DistillError> {
+        let ((fine, fd), (coarse, cd)) = self.features(batch, n, size)?;
         let (fl, cl) = (fd.0 * fd.1 * fd.2, cd.0 * cd.1 * cd.2);
         Ok((0..n)
             .map(|i| {

@@ -6,6 +6,8 @@
 //! Only ops that ONNX Runtime and TensorRT 10 both handle in opset 17 are used. Resize targets
 //! carry the dynamic batch through `Shape`→`Concat` instead of Resize-18's `axes`.
 
+mod target;
+
 use burn::module::Param;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
@@ -219,13 +221,26 @@ fn normalize_exposure(g: &mut Builder, x: &str) -> String {
     g.op("Add", "input/exposure/out", &[&scaled, &target_mean], &[])
 }
 
+/// Where the deployment graph's teacher comes from.
+pub enum TeacherGraph<'a> {
+    /// The model's own PDN teacher.
+    Pdn,
+    /// The distillation target of this backbone (`fit --teacher target:BACKBONE.onnx`).
+    Target {
+        backbone: &'a efficientad::onnx_proto::read::Model,
+        shape: &'a crate::target_teacher::TargetShape,
+    },
+}
+
 /// Serializes the deployment graph of `model` (padding must be off) to ONNX bytes; with
-/// `normalize_exposure` the networks see each image exposure-normalized.
+/// `normalize_exposure` the networks see each image exposure-normalized. Fails only when a
+/// target teacher's backbone lacks its two feature outputs.
 pub fn build(
     model: &EfficientAd,
+    teacher: &TeacherGraph<'_>,
     normalize_exposure_on: bool,
     metadata: &[(&str, String)],
-) -> Vec<u8> {
+) -> Result<Vec<u8>, String> {
     let mut g = Builder::default();
     let channels = model.teacher.out_channels();
 
@@ -246,17 +261,30 @@ pub fn build(
     if normalize_exposure_on {
         x = normalize_exposure(&mut g, &x);
     }
+    // The backbone contract takes images in [0, 1]; the PDNs normalize with ImageNet's
+    // statistics first.
+    let unit = x.clone();
     let mean = g.init_f32("input/mean", &[1, 3, 1, 1], &IMAGENET_MEAN);
     let std = g.init_f32("input/std", &[1, 3, 1, 1], &IMAGENET_STD);
     let x = g.op("Sub", "input/centred", &[&x, &mean], &[]);
     let x = g.op("Div", "input/normalized", &[&x, &std], &[]);
 
-    let t = g.pdn(
-        "teacher",
-        &x,
-        &model.teacher,
-        Some(folded_teacher_head(model)),
-    );
+    let t = match teacher {
+        TeacherGraph::Pdn => g.pdn(
+            "teacher",
+            &x,
+            &model.teacher,
+            Some(folded_teacher_head(model)),
+        ),
+        TeacherGraph::Target { backbone, shape } => target::teacher(
+            &mut g,
+            &unit,
+            backbone,
+            shape,
+            &values(&model.teacher_mean),
+            &values(&model.teacher_std),
+        )?,
+    };
     let s = g.pdn("student", &x, &model.student, None);
 
     let encoder_last = model.autoencoder.encoder.len() - 1;
@@ -312,12 +340,12 @@ pub fn build(
         proto::value_info(OUTPUT_AE, DataType::Float, &map_dims),
     ];
     let graph = proto::graph("efficientad", &g.nodes, &g.initializers, &[input], &outputs);
-    proto::model(
+    Ok(proto::model(
         IR_VERSION,
         OPSET,
         "efficientad-train",
         env!("CARGO_PKG_VERSION"),
         &graph,
         metadata,
-    )
+    ))
 }

@@ -17,9 +17,10 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 /// PDN size: EfficientAD-S or EfficientAD-M.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Variant {
     #[serde(rename = "s")]
+    #[default]
     Small,
     #[serde(rename = "m")]
     Medium,

@@ -9,10 +9,11 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::{PENALTY_GRAY_P, WEIGHT_DECAY};
+use super::{PENALTY_GRAY_P, TrainError, WEIGHT_DECAY};
 use crate::data::{self, ColorJitter, Rng};
 use crate::loss::{HardSelection, hard_loss, mse, penalty_loss};
 use crate::model::{EfficientAd, IMAGE_SIZE, Pdn};
+use crate::target_teacher::TargetTeacher;
 
 /// Losses of one step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -129,8 +130,8 @@ pub struct StepData {
     pub train: Vec<Vec<u8>>,
     /// Penalty images, RGB `IMAGE_SIZE`² (already resized to 512 and centre-cropped).
     pub penalty: Vec<Vec<u8>>,
-    /// The teacher on the plain device.
-    pub teacher: Pdn,
+    /// The frozen teacher (a PDN on the plain device, or the backbone target).
+    pub teacher: Teacher,
     /// T̂(I) of the training images that fit in [`TEACHER_CACHE_BYTES`], `[C·56·56]`; `None`
     /// for the others, whose outputs each step recomputes.
     pub teacher_outputs: Vec<Option<Vec<f32>>>,
@@ -153,16 +154,16 @@ impl StepData {
     pub fn new(
         train: Vec<Vec<u8>>,
         penalty: Vec<Vec<u8>>,
-        teacher: Pdn,
+        teacher: Teacher,
         normalize_exposure: bool,
         device: &Device,
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Self {
-        let mut stats = ChannelStats::new(teacher.out_channels());
+    ) -> Result<Self, TrainError> {
+        let mut stats = ChannelStats::new(teacher.channels());
         let mut teacher_outputs = Vec::with_capacity(train.len());
         let mut cached = 0usize;
         for (i, px) in train.iter().enumerate() {
-            let raw = teacher_raw(&teacher, &input(px, normalize_exposure), device);
+            let raw = teacher.raw(&input(px, normalize_exposure), device)?;
             stats.add(&raw);
             let bytes = raw.len() * std::mem::size_of::<f32>();
             if cached + bytes <= TEACHER_CACHE_BYTES {
@@ -177,7 +178,7 @@ impl StepData {
         for out in teacher_outputs.iter_mut().flatten() {
             normalize_in_place(out, &mean, &std);
         }
-        Self {
+        Ok(Self {
             train,
             penalty,
             teacher,
@@ -185,19 +186,24 @@ impl StepData {
             mean,
             std,
             normalize_exposure,
-        }
+        })
     }
 
     /// T̂(I) of training image `index`: from the cache, or computed now.
-    fn teacher_output(&self, index: usize, chw: &[f32], device: &Device) -> Cow<'_, [f32]> {
-        match &self.teacher_outputs[index] {
+    fn teacher_output(
+        &self,
+        index: usize,
+        chw: &[f32],
+        device: &Device,
+    ) -> Result<Cow<'_, [f32]>, TrainError> {
+        Ok(match &self.teacher_outputs[index] {
             Some(cached) => Cow::Borrowed(cached),
             None => {
-                let mut out = teacher_raw(&self.teacher, chw, device);
+                let mut out = self.teacher.raw(chw, device)?;
                 normalize_in_place(&mut out, &self.mean, &self.std);
                 Cow::Owned(out)
             }
-        }
+        })
     }
 }
 
@@ -237,7 +243,7 @@ pub fn step(
     rng: &mut Rng,
     lr: f64,
     (plain, device): (&Device, &Device),
-) -> (EfficientAd, StepLosses) {
+) -> Result<(EfficientAd, StepLosses), TrainError> {
     let raw = data::to_chw(&data.train[index], IMAGE_SIZE);
     let mut penalty = data::to_chw(&data.penalty[rng.below(data.penalty.len())], IMAGE_SIZE);
     if rng.uniform() < PENALTY_GRAY_P {
@@ -253,8 +259,8 @@ pub fn step(
             data::normalize_exposure(chw);
         }
     }
-    let teacher_image = data.teacher_output(index, &image, plain);
-    let mut teacher_augmented = teacher_raw(&data.teacher, &augmented, plain);
+    let teacher_image = data.teacher_output(index, &image, plain)?;
+    let mut teacher_augmented = data.teacher.raw(&augmented, plain)?;
     normalize_in_place(&mut teacher_augmented, &data.mean, &data.std);
     let inputs = StepInputs {
         image: &image,
@@ -270,7 +276,7 @@ pub fn step(
     let mut model = model;
     model.student = optimizers.student.step(lr, model.student, grads_student);
     model.autoencoder = optimizers.autoencoder.step(lr, model.autoencoder, grads_ae);
-    (model, values)
+    Ok((model, values))
 }
 
 /// An RGB8 `IMAGE_SIZE`² image as the networks see it: CHW in [0, 1], exposure-normalized
@@ -281,6 +287,33 @@ fn input(px: &[u8], normalize_exposure: bool) -> Vec<f32> {
         data::normalize_exposure(&mut chw);
     }
     chw
+}
+
+/// The frozen teacher of a run: a PDN (imported or distilled), or the distillation target
+/// itself (`fit --teacher target:BACKBONE.onnx`).
+// One per run: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Teacher {
+    Pdn(Pdn),
+    Target(Box<TargetTeacher>),
+}
+
+impl Teacher {
+    pub fn channels(&self) -> usize {
+        match self {
+            Teacher::Pdn(pdn) => pdn.out_channels(),
+            Teacher::Target(target) => target.channels(),
+        }
+    }
+
+    /// Outputs (raw, before μ/σ) of a CHW image in [0, 1] at 256², `[C·56·56]`; a PDN runs
+    /// on `device`.
+    pub fn raw(&self, chw: &[f32], device: &Device) -> Result<Vec<f32>, TrainError> {
+        match self {
+            Teacher::Pdn(pdn) => Ok(teacher_raw(pdn, chw, device)),
+            Teacher::Target(target) => Ok(target.raw(chw)?),
+        }
+    }
 }
 
 /// Teacher outputs (raw, before μ/σ) of an image on the plain device, `[C·56·56]`.
