@@ -1,4 +1,4 @@
-//! From raw maps to the anomaly map, the image score and the verdict (SPEC.md, Inference).
+//! From raw maps to the anomaly map, the image score and the verdict (docs/method.md, Inference).
 //!
 //! - quantiles are exact: sort ascending, pos = q·(n−1), linear interpolation (no sampling);
 //! - each map is normalized with its own (q_a, q_b): M̂ = 0.1·(M − q_a)/(q_b − q_a);
@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The two quantiles of SPEC.md.
+/// The two quantiles of docs/method.md.
 pub const Q_A: f64 = 0.9;
 pub const Q_B: f64 = 0.995;
 /// Zeros added on each side of the map before resizing.

@@ -1,4 +1,4 @@
-//! The model bundle contract (DESIGN.md): `onnx/<name>/model.onnx` and `model.json`.
+//! The model bundle contract (docs/design.md): `onnx/<name>/model.onnx` and `model.json`.
 //!
 //! The runtime never trusts a graph it cannot account for: opening a bundle checks that both
 //! files exist, that model.json is of a known format, and that the graph's sha256 equals the

@@ -1,4 +1,4 @@
-//! The calibration file (DESIGN.md): map normalization quantiles and the decision threshold,
+//! The calibration file (docs/design.md): map normalization quantiles and the decision threshold,
 //! computed by the runtime itself over normal validation images, on the provider and precision
 //! that will run on the line.
 //!

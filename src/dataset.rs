@@ -1,4 +1,4 @@
-//! Datasets in the MVTec AD layout (DESIGN.md, Data layout): `test/<good|defect>/*`,
+//! Datasets in the MVTec AD layout (docs/design.md, Data layout): `test/<good|defect>/*`,
 //! `ground_truth/<defect>/<stem>_mask.png`. The label comes from the folder: `good` is normal,
 //! anything else anomalous.
 

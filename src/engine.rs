@@ -13,7 +13,7 @@ use ort::value::{TensorElementType, TensorRef};
 use crate::bundle::Bundle;
 use crate::ortlib::{self, OrtLibError};
 
-/// Graph input and output names (DESIGN.md, model bundle).
+/// Graph input and output names (docs/design.md, model bundle).
 pub const INPUT: &str = "image";
 pub const OUTPUT_ST: &str = "map_st";
 pub const OUTPUT_AE: &str = "map_ae";

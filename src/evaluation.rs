@@ -23,7 +23,7 @@ pub struct EvalImage {
     pub map: Vec<f32>,
     pub map_size: usize,
     /// Zero cells added per side before the map is resized to the image:
-    /// [`crate::anomaly::MAP_PAD`] for an EfficientAD map (SPEC: pad 56 → 64), 0 for a map
+    /// [`crate::anomaly::MAP_PAD`] for an EfficientAD map (docs/method.md: pad 56 → 64), 0 for a map
     /// whose grid covers the whole image.
     pub map_pad: usize,
     pub width: usize,

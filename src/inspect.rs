@@ -261,7 +261,7 @@ pub fn judge(
         Some(c) => region_score(combined, c),
         None => score(combined),
     };
-    // No verdict without a score (DESIGN: anything that prevents a verdict is ERROR).
+    // No verdict without a score (docs/design.md: anything that prevents a verdict is ERROR).
     let error = s.is_nan().then(|| match &cells {
         Some(c) if !c.iter().any(|&keep| keep) => format!(
             "the inspection region covers no map cell of this {}x{} image; nothing to judge (check the calibration's --ignore-border / --roi against the frame size)",

@@ -1,4 +1,4 @@
-//! Evaluation metrics exactly as the MVTec AD evaluation computes them (SPEC.md, Metrics):
+//! Evaluation metrics exactly as the MVTec AD evaluation computes them (docs/method.md, Metrics):
 //! ROC AUC with ties merged, and AU-PRO over 8-connected ground-truth regions with an FPR
 //! integration limit, normalized by the limit.
 //!

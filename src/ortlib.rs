@@ -1,4 +1,4 @@
-//! Finding and loading the ONNX Runtime shared library (DESIGN.md, Runtime).
+//! Finding and loading the ONNX Runtime shared library (docs/design.md, Runtime).
 //!
 //! `ort` is built with `load-dynamic`: the binary carries no ONNX Runtime, so the same binary
 //! runs on CPU boxes, CUDA/TensorRT boxes and Jetsons with the library each provides. The

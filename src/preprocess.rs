@@ -4,7 +4,7 @@
 //! and the pixels it is judged on go through exactly the same decode, colour conversion and
 //! resize (a resize that differs between training and deployment is a known accuracy loss).
 //! The resize is fast_image_resize's bilinear convolution; the aspect ratio is not kept
-//! (SPEC: training images are resized to 256x256).
+//! (docs/method.md: training images are resized to 256x256).
 
 use std::path::{Path, PathBuf};
 

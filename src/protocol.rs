@@ -1,4 +1,4 @@
-//! The PLC bridge protocol (DESIGN.md), in one place: trigger lines in ([`trigger`]), answer
+//! The PLC bridge protocol (docs/design.md), in one place: trigger lines in ([`trigger`]), answer
 //! lines out ([`answer`]), and the one JSON-lines writer every command prints results with.
 
 pub mod answer;

@@ -107,7 +107,7 @@ fn calibration_quantiles_equal_an_independent_computation_issue3() {
     assert_eq!(cal["precision"], "fp32");
 }
 
-/// SPEC.md's combination, written out plainly: 0.5·0.1·(st−qa)/(qb−qa) + the same for ae.
+/// docs/method.md's combination, written out plainly: 0.5·0.1·(st−qa)/(qb−qa) + the same for ae.
 fn reference_combined(st: &[f32], ae: &[f32], cal: &Value) -> Vec<f64> {
     let q = |m: &str, k: &str| cal["normalization"][m][k].as_f64().expect("q");
     st.iter()
@@ -2116,7 +2116,7 @@ fn infer_scores(calibration: &Path, files: &[PathBuf], extra: &[&str]) -> Vec<Va
 #[test]
 fn calibrate_false_reject_rate_and_anomalous_rules_from_the_cli_issue16() {
     // --false-reject-rate 0.25 on 12 normal images: the threshold is their 0.75-quantile
-    // (linear interpolation, as SPEC says) and the recorded share above it is what infer sees.
+    // (linear interpolation, as docs/method.md says) and the recorded share above it is what infer sees.
     let (normal_dir, normal) = image_folder("frr-normal", &mtd().join("validation/good"), 12);
     let path = normal_dir.join("../frr.json");
     let cal = calibrate(

@@ -1,4 +1,4 @@
-//! Answer lines: one JSON object per trigger on stdout, the fields DESIGN.md and README's
+//! Answer lines: one JSON object per trigger on stdout, the fields docs/design.md and README's
 //! protocol section list, times in RFC 3339 UTC.
 
 use std::io::Write;

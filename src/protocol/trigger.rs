@@ -1,4 +1,4 @@
-//! Trigger lines (DESIGN.md): stdin carries one trigger per line — an empty line, a bare id,
+//! Trigger lines (docs/design.md): stdin carries one trigger per line — an empty line, a bare id,
 //! or a JSON object with an `id`. Every line, well-formed or not, is one trigger and gets
 //! exactly one answer; a malformed line is answered with ERROR, never skipped.
 

@@ -11,7 +11,7 @@
 //! - Everything else (input normalization, the map heads) stays fp32 and reads dequantized values.
 //!
 //! Each node keeps its network's prefix (`teacher/`, `student/`, `autoencoder/`, `input/`), so the
-//! bundle contract of DESIGN.md holds for the quantized graph too.
+//! bundle contract of docs/design.md holds for the quantized graph too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

@@ -1,5 +1,5 @@
 //! Training data: image folders loaded once into memory at network resolution, the
-//! deterministic random stream, and the augmentations of SPEC.md.
+//! deterministic random stream, and the augmentations of docs/method.md.
 //!
 //! All randomness of a training run comes from one [`Rng`] whose state is saved in every
 //! checkpoint, so `--resume` continues the exact same stream.
@@ -199,7 +199,7 @@ pub fn normalize_exposure(chw: &mut [f32]) {
     }
 }
 
-/// The autoencoder's augmentation (SPEC: one of brightness, contrast, saturation).
+/// The autoencoder's augmentation (docs/method.md: one of brightness, contrast, saturation).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ColorJitter {
     Brightness(f32),

@@ -1,4 +1,4 @@
-//! Teacher distillation (SPEC.md, Teacher): a PDN with padding on learns to reproduce the
+//! Teacher distillation (docs/method.md, Teacher): a PDN with padding on learns to reproduce the
 //! normalized patch features of a frozen ImageNet backbone run through ONNX Runtime. The
 //! targets are made in [`target`], normalized with [`stats`]; the run's resumable state lives
 //! in [`resume`]; this file runs the steps.
@@ -180,7 +180,7 @@ pub enum Event<'a> {
     },
 }
 
-/// Learning rate of distillation (SPEC), `--lr`'s default.
+/// Learning rate of distillation (docs/method.md), `--lr`'s default.
 pub const DISTILL_LEARNING_RATE: f64 = 1e-4;
 
 /// One distillation step: draws `batch` readable images from `files` with `rng` (each turned

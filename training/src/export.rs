@@ -1,4 +1,4 @@
-//! Writes a model bundle (`onnx/<name>/model.onnx` + `model.json`, DESIGN.md) from a model.
+//! Writes a model bundle (`onnx/<name>/model.onnx` + `model.json`, docs/design.md) from a model.
 //!
 //! The ONNX file is written by the runtime's small protobuf writer (`efficientad::onnx_proto`) over a hand-built graph
 //! ([`graph`]) rather than by tracing: the deployment graph contains work that is not part of

@@ -156,7 +156,7 @@ impl Memory {
 }
 
 /// Per-channel standardization with the statistics of every training cell: the student sees
-/// the teacher's output normalized so (SPEC: teacher output normalization, T̂ = (T − μ)/σ over
+/// the teacher's output normalized so (docs/method.md: teacher output normalization, T̂ = (T − μ)/σ over
 /// the training images), and distances are measured in that space. Any per-channel affine
 /// scaling of the features before it (a distillation target's own normalization, a bundle's
 /// folded μ and σ) cancels, so every source is gauged as a student would see it.

@@ -1,4 +1,4 @@
-//! The training losses of SPEC.md, as functions of network outputs, so they can be checked
+//! The training losses of docs/method.md, as functions of network outputs, so they can be checked
 //! against an independent reference on fixed weights and inputs.
 
 use burn::tensor::Tensor;

@@ -46,7 +46,7 @@ pub struct EfficientAd {
 }
 
 /// The smallest σ used for a teacher channel: a channel that is constant over the training
-/// images would otherwise divide by zero (SPEC: "guard σ = 0").
+/// images would otherwise divide by zero (docs/method.md: "guard σ = 0").
 pub const MIN_TEACHER_STD: f32 = 1e-6;
 
 /// Clamps standard deviations away from zero.

@@ -1,4 +1,4 @@
-//! Student and autoencoder training (SPEC.md, the paper's Algorithm 1), `efficientad-train fit`.
+//! Student and autoencoder training (docs/method.md, the paper's Algorithm 1), `efficientad-train fit`.
 //!
 //! Per step, with I a training image, P a penalty image and I′ = aug(I):
 //! L = L_hard(T̂(I), S(I)[:C]) + L_pen(S(P)[:C]) + mse(T̂(I′), A(I′)) + mse(A(I′), S(I′)[C:]).
@@ -34,7 +34,7 @@ use crate::data::{self, Rng};
 use crate::model::{EfficientAd, IMAGE_SIZE, Pdn, Variant, set_teacher_stats};
 use crate::target_teacher::{TargetTeacher, target_path};
 
-/// Learning rate and its drop (SPEC).
+/// Learning rate and its drop (docs/method.md).
 pub const LEARNING_RATE: f64 = 1e-4;
 pub const WEIGHT_DECAY: f32 = 1e-5;
 pub const LR_DROP_AT: f64 = 0.95;

@@ -1,5 +1,5 @@
 """Independent reference for `efficientad-train gauge --features target:...` (NumPy, ONNX
-Runtime's Python API, scikit-learn), written from SPEC's description of the distillation target
+Runtime's Python API, scikit-learn), written from docs/method.md's description of the distillation target
 and PatchCore's nearest-neighbour rule rather than from the Rust code.
 
 Usage: gauge_reference.py BACKBONE DATASET SIZE RING NORMALIZE(0|1)

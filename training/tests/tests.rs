@@ -47,7 +47,7 @@ fn parameter_counts_match_the_paper_issue2() {
         .init(&device)
         .num_params();
     let ae = count(&|| AutoencoderConfig::new(384).init(&device).num_params());
-    // SPEC: S = 2.69M + 4.27M + 1.10M; M = 8.03M + 11.62M (+ the same AE).
+    // docs/method.md: S = 2.69M + 4.27M + 1.10M; M = 8.03M + 11.62M (+ the same AE).
     assert_eq!(s_teacher, 2_694_144);
     assert_eq!(s_student, 4_267_392);
     assert_eq!(m_teacher, 8_026_624);
@@ -487,7 +487,7 @@ fn training_losses_equal_the_pytorch_reference_issue4() {
     let image = &formula.image;
     let t_image = &formula.teacher_image;
     let (_, l, selection) = losses(&model, &formula.inputs(), None, &device);
-    // float32 networks in two frameworks: 1e-4 relative (SPEC tolerance for losses).
+    // float32 networks in two frameworks: 1e-4 relative (the tolerance for losses).
     for (name, got, want) in [
         ("hard", l.hard, f("hard")),
         ("penalty", l.penalty, f("penalty")),

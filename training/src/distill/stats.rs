@@ -1,4 +1,4 @@
-//! The target's per-channel normalization (SPEC: target normalization): mean and standard
+//! The target's per-channel normalization (docs/method.md: target normalization): mean and standard
 //! deviation over a seeded random sample of the distillation images.
 
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ pub fn stats_sample(files: &[PathBuf], count: usize, seed: u64) -> Vec<PathBuf> 
     order.into_iter().take(count.max(1)).cloned().collect()
 }
 
-/// Per-channel mean and std of the distillation targets (SPEC: target normalization).
+/// Per-channel mean and std of the distillation targets (docs/method.md: target normalization).
 pub struct TargetStats {
     pub mean: Vec<f32>,
     pub std: Vec<f32>,

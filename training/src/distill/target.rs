@@ -1,4 +1,4 @@
-//! Distillation targets (DESIGN.md backbone contract: `image` [N,3,H,W] in [0,1] → a finer
+//! Distillation targets (docs/design.md backbone contract: `image` [N,3,H,W] in [0,1] → a finer
 //! and a coarser feature map): each map is unfolded into 3x3 patches (padding 1); every
 //! position's C·9 vector is adaptive-average-pooled to 1024; the coarse result is bilinearly
 //! upsampled (half-pixel) to the fine grid; the two 1024-vectors are concatenated and pooled

@@ -1,4 +1,4 @@
-//! Builds the one deployment graph of DESIGN.md from an [`EfficientAd`] module: uint8 NHWC input,
+//! Builds the one deployment graph of docs/design.md from an [`EfficientAd`] module: uint8 NHWC input,
 //! normalization, teacher (μ/σ folded into its last convolution), student, autoencoder and the
 //! two map heads, with node names prefixed `input/`, `teacher/`, `student/`, `autoencoder/`,
 //! `head/`.

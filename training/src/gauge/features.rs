@@ -30,7 +30,7 @@ pub struct FeatureMap {
     /// `[grid·grid, dim]`.
     pub data: Vec<f32>,
     /// Zero cells per side that place the grid on the image: 4 for a PDN without padding (its
-    /// 56² map sits inside a 64² grid, SPEC), 0 for a grid that covers the image.
+    /// 56² map sits inside a 64² grid, docs/method.md), 0 for a grid that covers the image.
     pub pad: usize,
 }
 

@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::data::Rng;
 
-/// Decoder resize targets for a 256x256 input (SPEC: 3, 8, 15, 32, 63, 127).
+/// Decoder resize targets for a 256x256 input (docs/method.md: 3, 8, 15, 32, 63, 127).
 pub const DECODER_SIZES: [usize; 6] = [3, 8, 15, 32, 63, 127];
 /// Final resize target with padding off (the map size).
 pub const OUTPUT_SIZE: usize = 56;

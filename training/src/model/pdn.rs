@@ -1,4 +1,4 @@
-//! The patch description network (PDN), small and medium, as SPEC.md tables it.
+//! The patch description network (PDN), small and medium, as docs/method.md tables it.
 //!
 //! Teacher and student share this module and differ only in output channels (384 / 768).
 //! Padding is a switch, not a weight: the teacher is distilled with padding on (64x64 output for

@@ -1,4 +1,4 @@
-//! One training step of `fit` (SPEC.md, the paper's Algorithm 1): the four losses, the data
+//! One training step of `fit` (docs/method.md, the paper's Algorithm 1): the four losses, the data
 //! every step reads (images, the frozen teacher, its cached outputs and statistics), and the
 //! optimizer update. `distill` and `bench` reuse its pieces.
 
@@ -148,7 +148,7 @@ pub struct StepData {
 pub const TEACHER_CACHE_BYTES: usize = 2 << 30;
 
 impl StepData {
-    /// Runs the teacher over the training images once: μ and σ over all of them (SPEC: over all
+    /// Runs the teacher over the training images once: μ and σ over all of them (docs/method.md: over all
     /// unaugmented training images, pixels pooled), and the normalized outputs of as many as
     /// the cache holds.
     pub fn new(
@@ -214,7 +214,7 @@ pub struct Optimizers {
 }
 
 impl Optimizers {
-    /// Fresh Adam (SPEC: L2 weight decay 1e-5, not AdamW).
+    /// Fresh Adam (docs/method.md: L2 weight decay 1e-5, not AdamW).
     pub fn new() -> Self {
         Self {
             student: adam(),
@@ -378,7 +378,7 @@ fn normalize_in_place(values: &mut [f32], mean: &[f32], std: &[f32]) {
     }
 }
 
-/// Adam as SPEC trains with it (student, autoencoder and teacher distillation alike): L2
+/// Adam as docs/method.md trains with it (student, autoencoder and teacher distillation alike): L2
 /// weight decay 1e-5 (not AdamW), ε 1e-8; the learning rate is given per step.
 pub fn adam() -> ModuleOptimizer {
     AdamConfig::new()
