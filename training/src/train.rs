@@ -10,7 +10,9 @@
 //! The run is set up (images, teacher outputs, a fresh or resumed model), stepped
 //! ([`step`]), checkpointed ([`run_state`]) and finished into a [`Trained`] model.
 
+mod config;
 mod run_state;
+mod setup;
 mod step;
 
 use std::path::PathBuf;
@@ -20,8 +22,8 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::Device;
-use serde::{Deserialize, Serialize};
 
+pub use config::FitConfig;
 pub use run_state::{RunState, Work, read_log, save_checkpoint, stop_flag};
 pub(crate) use step::scalar;
 pub use step::{
@@ -29,10 +31,11 @@ pub use step::{
     teacher_raw,
 };
 
-use crate::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
+use setup::{load_images, open_teacher};
+
+use crate::checkpoint::{self, CheckpointInfo, Kind};
 use crate::data::{self, Rng};
-use crate::model::{EfficientAd, IMAGE_SIZE, Pdn, Variant, set_teacher_stats};
-use crate::target_teacher::{TargetTeacher, target_path};
+use crate::model::{EfficientAd, set_teacher_stats};
 
 /// Learning rate and its drop (docs/method.md).
 pub const LEARNING_RATE: f64 = 1e-4;
@@ -53,40 +56,6 @@ pub enum TrainError {
     Resume(String),
     #[error(transparent)]
     Teacher(#[from] crate::distill::DistillError),
-}
-
-/// Everything that defines a run; saved beside its checkpoints and in model.json.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FitConfig {
-    pub dataset: PathBuf,
-    /// A teacher checkpoint, or `target:BACKBONE.onnx` (the distillation target as teacher).
-    pub teacher: PathBuf,
-    /// PDN size of the student (a PDN teacher's own size; checked by the command).
-    #[serde(default)]
-    pub variant: Variant,
-    pub penalty_images: PathBuf,
-    pub steps: usize,
-    pub seed: u64,
-    pub out: PathBuf,
-    pub work: PathBuf,
-    pub checkpoint_every: usize,
-    /// Use at most this many penalty images (all when None).
-    pub penalty_limit: Option<usize>,
-    /// Use at most this many training images (all when None).
-    pub train_limit: Option<usize>,
-    /// Where to compute.
-    #[serde(default)]
-    pub backend: crate::backend::Backend,
-    /// Report the model for a quality check every this many steps (0: never).
-    #[serde(default)]
-    pub eval_every: usize,
-    /// With `backend` wgpu: accept a software Vulkan adapter.
-    #[serde(default)]
-    pub allow_cpu_adapter: bool,
-    /// Normalize every image's brightness and contrast before the networks (also inside the
-    /// exported graph).
-    #[serde(default)]
-    pub normalize_exposure: bool,
 }
 
 fn io(e: impl std::fmt::Display) -> TrainError {
@@ -397,82 +366,4 @@ impl Run {
             interrupted,
         }
     }
-}
-
-/// The run's teacher, the PDN the model is assembled around, and the teacher's description.
-///
-/// A target teacher (`target:BACKBONE.onnx`) lives outside the Burn module: the model's own
-/// teacher field then holds an untrained PDN of the student's size that nothing reads (the
-/// export and every step take the teacher from its provenance).
-fn open_teacher(
-    config: &FitConfig,
-    plain: &Device,
-) -> Result<(Teacher, Pdn, CheckpointInfo), TrainError> {
-    let Some(backbone) = target_path(&config.teacher) else {
-        let (pdn, info) = checkpoint::load_teacher(&config.teacher, None, plain)?;
-        return Ok((Teacher::Pdn(pdn.clone()), pdn, info));
-    };
-    let target = TargetTeacher::open(&backbone)?;
-    let info = CheckpointInfo {
-        kind: Kind::Teacher,
-        variant: config.variant,
-        width_divisor: 1,
-        teacher: TeacherProvenance::Target {
-            backbone: backbone.display().to_string(),
-            backbone_sha256: target.sha256.clone(),
-            shape: target.shape.clone(),
-        },
-        training: serde_json::json!({ "distillation": "none: the backbone target is the teacher" }),
-        normalize_exposure: config.normalize_exposure,
-    };
-    let mut placeholder = info.teacher_config().init(plain);
-    placeholder.set_padding(false);
-    Ok((Teacher::Target(Box::new(target)), placeholder, info))
-}
-
-/// Decoded images, RGB at network resolution, one buffer each.
-type Images = Vec<Vec<u8>>;
-
-/// The training and penalty images in memory at network resolution (penalty images resized
-/// to 512 and centre-cropped); an error when a folder yields none.
-fn load_images(
-    config: &FitConfig,
-    train_files: &[PathBuf],
-    penalty_files: &[PathBuf],
-    events: &mut dyn FnMut(Event<'_>),
-) -> Result<(Images, Images), TrainError> {
-    let total = train_files.len() + penalty_files.len();
-    let mut done = 0;
-    let mut loaded = |done: &mut usize| {
-        *done += 1;
-        events(Event::Loading {
-            done: *done,
-            total,
-            what: "images",
-        });
-    };
-    let train_set = data::load_images(train_files, IMAGE_SIZE, None, || loaded(&mut done));
-    let penalty_set = data::load_images(penalty_files, 2 * IMAGE_SIZE, Some(IMAGE_SIZE), || {
-        loaded(&mut done)
-    });
-    for (set, dir) in [
-        (&train_set, &config.dataset),
-        (&penalty_set, &config.penalty_images),
-    ] {
-        if set.skipped > 0 {
-            events(Event::Message(&format!(
-                "{} unreadable images skipped in {}",
-                set.skipped,
-                dir.display()
-            )));
-        }
-        if set.pixels.is_empty() {
-            return Err(data::DataError::Empty {
-                path: dir.clone(),
-                skipped: set.skipped,
-            }
-            .into());
-        }
-    }
-    Ok((train_set.pixels, penalty_set.pixels))
 }

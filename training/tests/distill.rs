@@ -296,3 +296,92 @@ fn a_target_teacher_exports_the_map_training_computes() {
     let err = rel_diff(&ort.st, &reference);
     assert!(err < 1e-4, "exported map_st vs training's teacher: {err}");
 }
+
+/// `fit --teacher target:BACKBONE.onnx` from the command line: trains a full-size PDN-S student
+/// against the backbone's target, exports a bundle that records the backbone and runs in the
+/// runtime, resumes, and refuses a backbone that does not exist, naming it.
+#[test]
+fn fit_with_a_target_teacher_trains_exports_and_resumes() {
+    use efficientad::bundle::Bundle;
+    use efficientad::engine::{Engine, EngineOptions, Provider};
+
+    let dir = temp_dir("fit-target-teacher");
+    let mtd = shared_data().join("mtd");
+    copy_first(&mtd.join("train/good"), &dir.join("data/train/good"), 3);
+    copy_first(
+        &mtd.join("validation/good"),
+        &dir.join("data/validation/good"),
+        2,
+    );
+    copy_first(
+        &shared_data().join("imagenet-sample"),
+        &dir.join("penalty"),
+        2,
+    );
+    let fit = |teacher: &str, steps: &str, extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
+            .arg("fit")
+            .args([
+                "--teacher",
+                teacher,
+                "--steps",
+                steps,
+                "--checkpoint-every",
+                "1",
+            ])
+            .arg("--dataset")
+            .arg(dir.join("data"))
+            .arg("--penalty-images")
+            .arg(dir.join("penalty"))
+            .arg("--out")
+            .arg(dir.join("bundle"))
+            .arg("--work")
+            .arg(dir.join("run"))
+            .arg("--skip-calibration")
+            .args(extra)
+            .output()
+            .expect("run fit")
+    };
+    let teacher = format!("target:{}", backbone().display());
+    let out = fit(&teacher, "2", &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let info: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("bundle/model.json")).expect("model.json"),
+    )
+    .expect("json");
+    assert_eq!(info["teacher"]["source"], "target", "{info}");
+    assert_eq!(
+        info["teacher"]["backbone_sha256"],
+        efficientad::bundle::file_sha256(&backbone()).expect("hash")
+    );
+    assert_eq!(info["teacher"]["shape"]["grid"], 32);
+    let bundle = Bundle::open(&dir.join("bundle")).expect("the runtime opens the bundle");
+    let options = EngineOptions {
+        provider: Provider::Cpu,
+        intra_threads: Some(2),
+        ..EngineOptions::default()
+    };
+    let mut engine = Engine::new(&bundle, &options).expect("engine");
+    let maps = engine.run(&batch_u8(&mtd_images(1), 256), 1).expect("run");
+    assert_eq!(maps.st.len(), 56 * 56);
+    assert!(maps.st.iter().chain(&maps.ae).all(|v| v.is_finite()));
+
+    // Continued to 3 steps from its checkpoint.
+    let out = fit(&teacher, "3", &["--resume"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming at step 2"), "{stderr}");
+    let log = std::fs::read_to_string(dir.join("run/log.jsonl")).expect("log");
+    assert_eq!(log.lines().filter(|l| l.contains("\"step\"")).count(), 3);
+
+    let missing = dir.join("no-such-backbone.onnx");
+    let out = fit(&format!("target:{}", missing.display()), "1", &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no-such-backbone.onnx"), "{stderr}");
+}
