@@ -1,6 +1,7 @@
 //! Integration tests of the training crate: networks, teacher import, checkpoints and the ONNX
 //! deployment graph (compared with PyTorch fixtures and with ONNX Runtime).
 
+mod backbone;
 mod distill;
 mod gauge;
 mod util;

