@@ -2,6 +2,7 @@
 //! or a PLC bridge would, on random-weight bundles exported by the training crate and real
 //! images from ../shared/data/mtd, and compare with independent reference computations.
 
+mod datasets;
 mod quantize;
 mod util;
 
