@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use efficientad::engine::{EngineOptions, Provider};
+use efficientad::model::engine::{EngineOptions, Provider};
 
 const AFTER_HELP: &str = "Exit status: 0 success; 1 the run finished but some images got ERROR (infer, eval; `run` ends 0 on EOF or a signal, its ERROR answers carry the errors); \
 2 setup error (bad arguments, model, calibration, ONNX Runtime); 3 `run` could not write an answer to stdout (the PLC bridge went away).\n\
@@ -60,17 +60,17 @@ enum Command {
 pub struct HeatmapLimitArgs {
     /// With --heatmaps: keep at most N heatmap files in the folder (the oldest are removed
     /// first, also those of earlier runs); 0 = no limit.
-    #[arg(long, value_name = "N", default_value_t = efficientad::inspect::DEFAULT_HEATMAP_MAX_FILES)]
+    #[arg(long, value_name = "N", default_value_t = efficientad::judge::inspect::DEFAULT_HEATMAP_MAX_FILES)]
     pub heatmaps_max_files: usize,
     /// With --heatmaps: keep at most this many MiB of heatmaps in the folder (oldest removed
     /// first); 0 = no limit.
-    #[arg(long, value_name = "MB", default_value_t = efficientad::inspect::DEFAULT_HEATMAP_MAX_MB)]
+    #[arg(long, value_name = "MB", default_value_t = efficientad::judge::inspect::DEFAULT_HEATMAP_MAX_MB)]
     pub heatmaps_max_mb: u64,
 }
 
 impl HeatmapLimitArgs {
-    pub fn limits(self) -> efficientad::inspect::HeatmapLimits {
-        efficientad::inspect::HeatmapLimits {
+    pub fn limits(self) -> efficientad::judge::inspect::HeatmapLimits {
+        efficientad::judge::inspect::HeatmapLimits {
             max_files: self.heatmaps_max_files,
             max_bytes: self.heatmaps_max_mb << 20,
         }

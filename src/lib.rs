@@ -1,33 +1,26 @@
 //! The EfficientAD edge runtime: model bundles executed by ONNX Runtime, turned into anomaly
 //! maps, scores and OK/NG verdicts.
 //!
-//! Data flows one way: source → [`preprocess`] → [`engine`] → anomaly maps → verdict → report.
+//! Data flows one way: source → preprocess → engine → anomaly maps → verdict → report. The
+//! modules follow the stages:
+//!
+//! - [`model`]: the bundle, ONNX Runtime and its sessions, input preparation;
+//! - [`judge`]: maps → score → verdict, the calibration file, the inspection region;
+//! - [`line`]: cameras, the streaming pipeline, the PLC protocol, supervision;
+//! - [`offline`]: image files, datasets, metrics, evaluation, heatmap reports;
+//! - [`quantize`]: int8 bundles;
+//! - [`log`]: stderr that never stops a run.
+//!
+//! The commands (`src/cli/`) only wire these together.
 
-pub mod anomaly;
-pub mod batch;
-pub mod bundle;
-pub mod calibration;
-pub mod dataset;
-pub mod engine;
-pub mod evaluation;
-pub mod http;
-pub mod images;
-pub mod inspect;
+pub mod judge;
+pub mod line;
 pub mod log;
-pub mod metrics;
-pub mod monitor;
-pub mod notify;
-pub mod onnx_proto;
-pub mod ortlib;
-pub mod pipeline;
-pub mod preprocess;
+pub mod model;
+pub mod offline;
 #[cfg(test)]
 mod properties;
-pub mod protocol;
 pub mod quantize;
-pub mod region;
-pub mod report;
-pub mod source;
 
 /// Milliseconds of a duration (how every timing in answers, logs and reports is given).
 pub fn ms(d: std::time::Duration) -> f64 {

@@ -17,12 +17,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::bundle::{
+use crate::model::bundle::{
     Bundle, BundleError, FP32, INFO_FILE, INT8, MODEL_FILE, ModelInfo, sha256_hex,
 };
-use crate::engine::EngineError;
-use crate::images::{FolderError, image_folder};
-use crate::onnx_proto::read::{DecodeError, Model};
+use crate::model::engine::EngineError;
+use crate::model::onnx_proto::read::{DecodeError, Model};
+use crate::offline::images::{FolderError, image_folder};
 
 use measure::{Reference, measure, probe_bytes, session};
 use ranges::QParams;

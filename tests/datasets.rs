@@ -22,25 +22,53 @@ fn mtd_archive_becomes_the_mvtec_layout_with_the_fixed_split() {
     let dir = temp_dir("fetch-datasets");
     let src = dir.join("src").join(TOP);
     // 12 good tiles whose sorted order differs from their creation order.
-    let good: Vec<String> = (0..12).map(|i| format!("exp{}_num_{}", i % 3, 100 + (i * 7) % 12)).collect();
+    let good: Vec<String> = (0..12)
+        .map(|i| format!("exp{}_num_{}", i % 3, 100 + (i * 7) % 12))
+        .collect();
     for (i, stem) in good.iter().enumerate() {
-        gray(&src.join(format!("MT_Free/Imgs/{stem}.jpg")), 20, 10, |x, _| (x * 10 + i as u32) as u8);
-        gray(&src.join(format!("MT_Free/Imgs/{stem}.png")), 20, 10, |_, _| 0);
+        gray(
+            &src.join(format!("MT_Free/Imgs/{stem}.jpg")),
+            20,
+            10,
+            |x, _| (x * 10 + i as u32) as u8,
+        );
+        gray(
+            &src.join(format!("MT_Free/Imgs/{stem}.png")),
+            20,
+            10,
+            |_, _| 0,
+        );
     }
     // One defect per folder; the mask holds the anti-aliased values the source has.
     let mask_values = [0u8, 100, 127, 128, 200, 255];
-    for folder in ["MT_Blowhole", "MT_Break", "MT_Crack", "MT_Fray", "MT_Uneven"] {
-        gray(&src.join(format!("{folder}/Imgs/exp1_num_7.jpg")), 12, 6, |x, y| (x + y) as u8);
-        gray(&src.join(format!("{folder}/Imgs/exp1_num_7.png")), 12, 6, |x, _| {
-            mask_values[x as usize % mask_values.len()]
-        });
+    for folder in [
+        "MT_Blowhole",
+        "MT_Break",
+        "MT_Crack",
+        "MT_Fray",
+        "MT_Uneven",
+    ] {
+        gray(
+            &src.join(format!("{folder}/Imgs/exp1_num_7.jpg")),
+            12,
+            6,
+            |x, y| (x + y) as u8,
+        );
+        gray(
+            &src.join(format!("{folder}/Imgs/exp1_num_7.png")),
+            12,
+            6,
+            |x, _| mask_values[x as usize % mask_values.len()],
+        );
     }
     std::fs::write(src.join("README.md"), "not an image\n").expect("readme");
     let archives = dir.join("archives");
     std::fs::create_dir_all(&archives).expect("mkdir");
     let zip = Command::new("python3")
         .arg("-c")
-        .arg("import shutil, sys; shutil.make_archive(sys.argv[1], 'zip', sys.argv[2], sys.argv[3])")
+        .arg(
+            "import shutil, sys; shutil.make_archive(sys.argv[1], 'zip', sys.argv[2], sys.argv[3])",
+        )
         .arg(archives.join(TOP))
         .arg(dir.join("src"))
         .arg(TOP)
@@ -81,7 +109,14 @@ fn mtd_archive_becomes_the_mvtec_layout_with_the_fixed_split() {
         );
     }
     let count = |d: &str| std::fs::read_dir(mtd.join(d)).map_or(0, |r| r.count());
-    assert_eq!((count("train/good"), count("validation/good"), count("test/good")), (7, 1, 4));
+    assert_eq!(
+        (
+            count("train/good"),
+            count("validation/good"),
+            count("test/good")
+        ),
+        (7, 1, 4)
+    );
     for defect in ["blowhole", "break", "crack", "fray", "uneven"] {
         assert_eq!(count(&format!("test/{defect}")), 1);
         let mask = image::open(mtd.join(format!("ground_truth/{defect}/exp1_num_7_mask.png")))

@@ -8,9 +8,9 @@ mod util;
 
 use std::path::{Path, PathBuf};
 
-use efficientad::bundle::Bundle;
-use efficientad::engine::{Engine, EngineOptions, Provider};
-use efficientad::preprocess::{Preprocessor, decode_file};
+use efficientad::model::bundle::Bundle;
+use efficientad::model::engine::{Engine, EngineOptions, Provider};
+use efficientad::model::preprocess::{Preprocessor, decode_file};
 use serde_json::Value;
 use util::*;
 
@@ -199,7 +199,8 @@ fn infer_scores_and_heatmaps_match_a_reference_issue3() {
         let png = PathBuf::from(line["heatmap"].as_str().expect("heatmap path"));
         assert_eq!(image::image_dimensions(&png).expect("heatmap png"), (w, h));
         let combined_f32: Vec<f32> = combined.iter().map(|&v| v as f32).collect();
-        let full = efficientad::anomaly::to_image_size(&combined_f32, 56, w as usize, h as usize);
+        let full =
+            efficientad::judge::anomaly::to_image_size(&combined_f32, 56, w as usize, h as usize);
         let reference = reference_full_map(&combined, 56, w as usize, h as usize);
         let max_err = full
             .iter()
@@ -421,7 +422,7 @@ fn setup_errors_are_refused_at_start_with_advice_issue3() {
     expect_refusal(infer(&modified, &cal_path), "does not match its model.json");
 
     // A graph with the wrong inputs/outputs (consistent model.json, so only the contract fails).
-    use efficientad::onnx_proto::{self as proto, DataType, Dim};
+    use efficientad::model::onnx_proto::{self as proto, DataType, Dim};
     let wrong = temp_dir("wrong-graph");
     let node = proto::node("Relu", "relu", &["x"], &["map_st"], &[]);
     let x = proto::value_info(
@@ -440,7 +441,7 @@ fn setup_errors_are_refused_at_start_with_advice_issue3() {
     let mut info: Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("model.json")).expect("read"))
             .expect("json");
-    info["model_sha256"] = Value::String(efficientad::bundle::sha256_hex(&onnx));
+    info["model_sha256"] = Value::String(efficientad::model::bundle::sha256_hex(&onnx));
     std::fs::write(wrong.join("model.json"), info.to_string()).expect("write");
     let mut cal: Value =
         serde_json::from_str(&std::fs::read_to_string(&cal_path).expect("read")).expect("json");
@@ -559,7 +560,7 @@ fn library_is_found_in_python_then_installed_into_the_cache_issue3() {
 
 #[test]
 fn metrics_equal_sklearn_and_the_mvtec_au_pro_routine_issue6() {
-    use efficientad::metrics::{InMemory, pixel_metrics, roc_auc};
+    use efficientad::offline::metrics::{InMemory, pixel_metrics, roc_auc};
     let path = root().join("tests/fixtures/metrics/metrics.json");
     let fixture: Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json");
@@ -1269,8 +1270,8 @@ fn demo_gives_every_shipped_sample_its_independently_computed_verdict_issue13() 
     let stderr = text(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let lines = json_lines(&output.stdout);
-    let samples =
-        efficientad::images::list_images(&[root().join("onnx/mtd-s/samples")]).expect("samples");
+    let samples = efficientad::offline::images::list_images(&[root().join("onnx/mtd-s/samples")])
+        .expect("samples");
     assert!(samples.len() >= 4, "a handful of samples is shipped");
     assert_eq!(lines.len(), samples.len(), "one answer per sample");
     // The verdict each sample must get, computed here from the model's raw maps, the
@@ -1608,9 +1609,9 @@ fn reference_cells(
 /// heatmap shows the border dimmed.
 #[test]
 fn region_decides_score_verdict_and_heatmap_on_hand_made_maps_issue13() {
-    use efficientad::calibration::Calibration;
-    use efficientad::inspect::{MapsView, Part, Verdict, judge};
-    use efficientad::region::Region;
+    use efficientad::judge::calibration::Calibration;
+    use efficientad::judge::inspect::{MapsView, Part, Verdict, judge};
+    use efficientad::judge::region::Region;
     let mut calibration: Calibration = serde_json::from_value(serde_json::json!({
         "format_version": 1, "model_name": "m", "model_sha256": "x", "provider": "cpu",
         "precision": "fp32",
@@ -1647,7 +1648,7 @@ fn region_decides_score_verdict_and_heatmap_on_hand_made_maps_issue13() {
     assert_eq!(whole.verdict, Verdict::Ng);
 
     calibration.inspected = Region::new(50, None).expect("region");
-    let mut sink = efficientad::inspect::HeatmapSink::new(&dir, true).expect("sink");
+    let mut sink = efficientad::judge::inspect::HeatmapSink::new(&dir, true).expect("sink");
     let judged = judge(maps, part, &calibration, &mut combined, Some(&mut sink));
     assert!((judged.score - 0.05).abs() < 1e-6, "{}", judged.score);
     assert_eq!(judged.verdict, Verdict::Ok);
@@ -2652,7 +2653,8 @@ fn http_metrics_health_and_ng_overlays_follow_the_answers_issue18() {
     );
     // The calibration file's own hash, computed here from its bytes.
     let cal_path = http_calibration("http-metrics");
-    let cal_sha = efficientad::bundle::sha256_hex(&std::fs::read(&cal_path).expect("calibration"));
+    let cal_sha =
+        efficientad::model::bundle::sha256_hex(&std::fs::read(&cal_path).expect("calibration"));
     assert!(
         metrics.contains(&format!("calibration_sha256=\"{cal_sha}\"")),
         "{metrics}"

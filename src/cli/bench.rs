@@ -8,15 +8,15 @@ use std::time::Instant;
 
 use anyhow::bail;
 use clap::Args;
-use efficientad::batch::{Outcome as ImageOutcome, RunOptions, run_files};
-use efficientad::bundle::Bundle;
-use efficientad::calibration::{Calibration, MapPair, ValidationSet, compute, precision};
-use efficientad::engine::{Engine, RawMaps};
-use efficientad::images::list_images;
-use efficientad::inspect::judge;
+use efficientad::judge::calibration::{Calibration, MapPair, ValidationSet, compute, precision};
+use efficientad::judge::inspect::judge;
+use efficientad::judge::region::Region;
+use efficientad::model::bundle::Bundle;
+use efficientad::model::engine::{Engine, RawMaps};
+use efficientad::model::preprocess::{Preprocessor, decode_file};
 use efficientad::ms;
-use efficientad::preprocess::{Preprocessor, decode_file};
-use efficientad::region::Region;
+use efficientad::offline::batch::{Outcome as ImageOutcome, RunOptions, run_files};
+use efficientad::offline::images::list_images;
 use serde::Serialize;
 
 use super::{EngineArgs, Outcome};

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use efficientad::batch::calibrate::{ImageSet, Progress, calibrate_files};
-use efficientad::bundle::Bundle;
-use efficientad::calibration::DEFAULT_FALSE_REJECT_RATE;
-use efficientad::engine::Engine;
-use efficientad::region::Region;
+use efficientad::judge::calibration::DEFAULT_FALSE_REJECT_RATE;
+use efficientad::judge::region::Region;
+use efficientad::model::bundle::Bundle;
+use efficientad::model::engine::Engine;
+use efficientad::offline::batch::calibrate::{ImageSet, Progress, calibrate_files};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{EngineArgs, Outcome};

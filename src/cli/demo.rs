@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use crossbeam_channel::bounded;
-use efficientad::bundle::Bundle;
-use efficientad::calibration::Calibration;
-use efficientad::engine::{Engine, EngineOptions, Provider};
-use efficientad::inspect::{HeatmapSink, Verdict};
-use efficientad::pipeline::{Mode, Pipeline, PipelineOptions};
-use efficientad::protocol::Trigger;
-use efficientad::source::dir::DirSource;
+use efficientad::judge::calibration::Calibration;
+use efficientad::judge::inspect::{HeatmapSink, Verdict};
+use efficientad::line::pipeline::{Mode, Pipeline, PipelineOptions};
+use efficientad::line::protocol::Trigger;
+use efficientad::line::source::dir::DirSource;
+use efficientad::model::bundle::Bundle;
+use efficientad::model::engine::{Engine, EngineOptions, Provider};
 
 use super::Outcome;
 

@@ -1,7 +1,7 @@
 //! `efficientad doctor`: what this machine can run, and why not the rest.
 
-use efficientad::engine::{Provider, probe_provider};
-use efficientad::ortlib;
+use efficientad::model::engine::{Provider, probe_provider};
+use efficientad::model::ortlib;
 
 use super::Outcome;
 
@@ -26,7 +26,7 @@ pub fn run() -> anyhow::Result<Outcome> {
             ),
         }
     }
-    let cameras = efficientad::source::list_cameras();
+    let cameras = efficientad::line::source::list_cameras();
     if cameras.is_empty() {
         println!(
             "cameras: none found (USB: no /dev/video* device; GigE: aravis discovery saw none)"

@@ -6,14 +6,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use efficientad::batch::test_split::{TestRun, run_test_split};
-use efficientad::bundle::Bundle;
-use efficientad::calibration::Calibration;
-use efficientad::dataset::test_set;
-use efficientad::engine::Engine;
-use efficientad::evaluation::{EvalImage, EvalReport, GroupMetrics, report};
-use efficientad::inspect::HeatmapSink;
-use efficientad::metrics::{DEFAULT_BUDGET, DEFAULT_FPR_LIMIT};
+use efficientad::judge::calibration::Calibration;
+use efficientad::judge::inspect::HeatmapSink;
+use efficientad::model::bundle::Bundle;
+use efficientad::model::engine::Engine;
+use efficientad::offline::batch::test_split::{TestRun, run_test_split};
+use efficientad::offline::dataset::test_set;
+use efficientad::offline::evaluation::{EvalImage, EvalReport, GroupMetrics, report};
+use efficientad::offline::metrics::{DEFAULT_BUDGET, DEFAULT_FPR_LIMIT};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{EngineArgs, Outcome};
@@ -52,7 +52,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<Outcome> {
     let mut heatmaps = HeatmapSink::optional(
         args.heatmaps.as_deref(),
         true,
-        efficientad::inspect::HeatmapLimits::default(),
+        efficientad::judge::inspect::HeatmapLimits::default(),
     )?;
     let mut engine = Engine::new(&bundle, &args.engine.engine_options())?;
     let bar = ProgressBar::new(items.len() as u64).with_style(
@@ -196,7 +196,7 @@ fn print_table(rep: &EvalReport, args: &EvalArgs, bundle: &Bundle, engine: &Engi
     }
 }
 
-fn describe_region(region: &efficientad::region::RegionRecord) -> String {
+fn describe_region(region: &efficientad::judge::region::RegionRecord) -> String {
     let mut parts = Vec::new();
     if region.ignore_border_px > 0 {
         parts.push(format!("{} px border ignored", region.ignore_border_px));

@@ -4,14 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use efficientad::batch::{Outcome as ImageOutcome, RunOptions, Timings, run_files};
-use efficientad::bundle::Bundle;
-use efficientad::calibration::Calibration;
-use efficientad::engine::Engine;
-use efficientad::images::list_images;
-use efficientad::inspect::{HeatmapSink, Verdict, judge};
+use efficientad::judge::calibration::Calibration;
+use efficientad::judge::inspect::{HeatmapSink, Verdict, judge};
+use efficientad::line::protocol::JsonLines;
+use efficientad::model::bundle::Bundle;
+use efficientad::model::engine::Engine;
 use efficientad::ms;
-use efficientad::protocol::JsonLines;
+use efficientad::offline::batch::{Outcome as ImageOutcome, RunOptions, Timings, run_files};
+use efficientad::offline::images::list_images;
 use serde::Serialize;
 
 use super::{EngineArgs, Outcome};
@@ -71,7 +71,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<Outcome> {
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-            efficientad::images::IMAGE_EXTENSIONS.join(", ")
+            efficientad::offline::images::IMAGE_EXTENSIONS.join(", ")
         );
     }
     let mut heatmaps = HeatmapSink::optional(

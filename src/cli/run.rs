@@ -10,18 +10,20 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use crossbeam_channel::{Receiver, bounded, unbounded};
-use efficientad::bundle::Bundle;
-use efficientad::calibration::Calibration;
-use efficientad::engine::Engine;
-use efficientad::inspect::{HeatmapSink, Verdict};
-use efficientad::monitor::Monitor;
-use efficientad::notify::{Notifier, watchdog, watchdog_interval};
-use efficientad::pipeline::{
+use efficientad::judge::calibration::Calibration;
+use efficientad::judge::inspect::{HeatmapSink, Verdict};
+use efficientad::line::monitor::Monitor;
+use efficientad::line::notify::{Notifier, watchdog, watchdog_interval};
+use efficientad::line::pipeline::{
     DEFAULT_MAX_TRIGGER_AGE, Mode, Pipeline, PipelineOptions, TriggerMode,
 };
-use efficientad::protocol::{Answer, JsonLines, Latency, Trigger, read_triggers, rfc3339};
-use efficientad::source::faults::{FaultPlan, FaultySource};
-use efficientad::source::{CameraOptions, GigeSettings, GigeTrigger, SourceSpec, UsbSettings};
+use efficientad::line::protocol::{Answer, JsonLines, Latency, Trigger, read_triggers, rfc3339};
+use efficientad::line::source::faults::{FaultPlan, FaultySource};
+use efficientad::line::source::{
+    CameraOptions, GigeSettings, GigeTrigger, SourceSpec, UsbSettings,
+};
+use efficientad::model::bundle::Bundle;
+use efficientad::model::engine::Engine;
 
 use super::{EngineArgs, Outcome};
 
@@ -176,7 +178,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         let stall_limit =
             interval.unwrap_or_else(|| (2 * p.options.frame_timeout).max(Duration::from_secs(5)));
         if let (Some(addr), Some(m)) = (&args.http, &p.monitor) {
-            let local = efficientad::http::serve(addr, m.clone(), stall_limit)?;
+            let local = efficientad::line::http::serve(addr, m.clone(), stall_limit)?;
             efficientad::log_line!("efficientad: status page and metrics at http://{local}/");
         }
         Ok(p)
@@ -252,7 +254,7 @@ fn setup(args: &RunArgs) -> anyhow::Result<Pipeline> {
     // Warm-up: the first session run allocates and (TensorRT) builds; not on a real trigger.
     let size = engine.input_size();
     engine.run(&vec![0u8; size * size * 3], 1)?;
-    let calibration_sha256 = efficientad::bundle::file_sha256(&args.calibration)
+    let calibration_sha256 = efficientad::model::bundle::file_sha256(&args.calibration)
         .with_context(|| format!("hashing {}", args.calibration.display()))?;
     let monitor = Monitor::new(
         &bundle.info.name,

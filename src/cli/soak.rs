@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use efficientad::monitor::{error_kind, percentile};
-use efficientad::source::faults::FaultPlan;
+use efficientad::line::monitor::{error_kind, percentile};
+use efficientad::line::source::faults::FaultPlan;
 
 use super::{EngineArgs, Outcome};
 

@@ -8,12 +8,12 @@ use ort::value::TensorRef;
 
 use super::ranges::Histogram;
 use super::{Progress, QuantizeError};
-use crate::bundle::Bundle;
-use crate::engine::{self, Engine, EngineError, EngineOptions, Provider, RawMaps};
-use crate::onnx_proto::read::Model;
-use crate::onnx_proto::{DataType, Message};
-use crate::ortlib;
-use crate::preprocess::{Preprocessor, decode_file};
+use crate::model::bundle::Bundle;
+use crate::model::engine::{self, Engine, EngineError, EngineOptions, Provider, RawMaps};
+use crate::model::onnx_proto::read::Model;
+use crate::model::onnx_proto::{DataType, Message};
+use crate::model::ortlib;
+use crate::model::preprocess::{Preprocessor, decode_file};
 
 /// The probe graph: the fp32 graph with `tensors` as extra float outputs (no fixed shape).
 pub(super) fn probe_bytes(model: &Model, tensors: &[String]) -> Vec<u8> {

@@ -15,8 +15,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::onnx_proto::DataType;
-use crate::onnx_proto::read::{Graph, Node, Tensor};
+use crate::model::onnx_proto::DataType;
+use crate::model::onnx_proto::read::{Graph, Node, Tensor};
 
 use super::ranges::{QParams, quantize_weights};
 

@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use efficientad::images::{FolderError, image_folder};
-use efficientad::preprocess::{Preprocessor, decode_file};
+use efficientad::model::preprocess::{Preprocessor, decode_file};
+use efficientad::offline::images::{FolderError, image_folder};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! Writes a model bundle (`onnx/<name>/model.onnx` + `model.json`, docs/design.md) from a model.
 //!
-//! The ONNX file is written by the runtime's small protobuf writer (`efficientad::onnx_proto`) over a hand-built graph
+//! The ONNX file is written by the runtime's small protobuf writer (`efficientad::model::onnx_proto`) over a hand-built graph
 //! ([`graph`]) rather than by tracing: the deployment graph contains work that is not part of
 //! any Burn forward (uint8 NHWC input, the μ/σ fold, the map heads), its node and tensor names
 //! are part of the contract, and the op set must stay within what TensorRT parses.
@@ -9,12 +9,12 @@ pub mod graph;
 
 use std::path::{Path, PathBuf};
 
-use efficientad::bundle::{BUNDLE_FORMAT_VERSION, ModelInfo};
+use efficientad::model::bundle::{BUNDLE_FORMAT_VERSION, ModelInfo};
 
-use crate::checkpoint::{CheckpointInfo, TeacherProvenance};
 use crate::model::autoencoder::OUTPUT_SIZE;
 use crate::model::{EfficientAd, IMAGE_SIZE};
-use efficientad::onnx_proto::read;
+use crate::train::checkpoint::{CheckpointInfo, TeacherProvenance};
+use efficientad::model::onnx_proto::read;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -62,7 +62,7 @@ pub fn export_bundle(
                 reason,
             };
             let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
-            let found = efficientad::bundle::sha256_hex(&bytes);
+            let found = efficientad::model::bundle::sha256_hex(&bytes);
             if &found != backbone_sha256 {
                 return Err(err(format!(
                     "its sha256 is {found}, training used {backbone_sha256}"
@@ -84,7 +84,7 @@ pub fn export_bundle(
                 reason,
             }
         })?;
-    let onnx_path = out.join(efficientad::bundle::MODEL_FILE);
+    let onnx_path = out.join(efficientad::model::bundle::MODEL_FILE);
     std::fs::write(&onnx_path, &bytes).map_err(|e| write_err(&onnx_path, &e))?;
 
     let name = out
@@ -100,16 +100,16 @@ pub fn export_bundle(
         padding: false,
         teacher_channels: model.teacher.out_channels(),
         width_divisor: info.width_divisor,
-        model_sha256: efficientad::bundle::sha256_hex(&bytes),
+        model_sha256: efficientad::model::bundle::sha256_hex(&bytes),
         opset: graph::OPSET as u32,
         teacher: serde_json::to_value(&info.teacher).unwrap_or_default(),
         training: info.training.clone(),
         exporter: format!("efficientad-train {}", env!("CARGO_PKG_VERSION")),
-        precision: efficientad::bundle::FP32.into(),
+        precision: efficientad::model::bundle::FP32.into(),
         quantization: None,
         normalize_exposure: info.normalize_exposure,
     };
-    let json_path = out.join(efficientad::bundle::INFO_FILE);
+    let json_path = out.join(efficientad::model::bundle::INFO_FILE);
     let json = serde_json::to_string_pretty(&model_info).map_err(|e| write_err(&json_path, &e))?;
     std::fs::write(&json_path, json + "\n").map_err(|e| write_err(&json_path, &e))?;
     Ok(model_info)

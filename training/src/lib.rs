@@ -1,19 +1,18 @@
-//! EfficientAD training in Burn: the networks, teacher import, checkpoints and the ONNX
-//! deployment graph. The runtime (`efficientad`) executes what this crate exports.
+//! EfficientAD training in Burn. The modules follow a batch's way from files to a gradient
+//! step and out to the runtime:
+//!
+//! - [`data`]: image folders, splits, decoding, augmentation;
+//! - [`model`]: the networks (PDN, autoencoder), their convolution and pooling kernels, and the
+//!   teachers (imported, or a backbone's target);
+//! - [`train`]: the `fit` loop and step, run state and checkpoints, the losses, teacher
+//!   distillation;
+//! - [`export`]: the ONNX deployment graph the runtime (`efficientad`) executes;
+//! - [`tools`]: measurements around training (bench, quality checkpoints, curves, the gauge);
+//! - [`backend`]: where Burn computes (CPU, or wgpu).
 
 pub mod backend;
-pub mod bench;
-pub mod checkpoint;
-pub mod conv;
-pub mod curves;
 pub mod data;
-pub mod distill;
 pub mod export;
-pub mod gauge;
-pub mod loss;
 pub mod model;
-pub mod pool;
-pub mod quality;
-pub mod target_teacher;
-pub mod teacher;
+pub mod tools;
 pub mod train;

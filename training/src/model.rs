@@ -3,7 +3,11 @@
 //! teacher's channel normalization — the unit that is checkpointed and exported.
 
 pub mod autoencoder;
+pub mod conv;
 pub mod pdn;
+pub mod pool;
+pub mod target_teacher;
+pub mod teacher;
 
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;

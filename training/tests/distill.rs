@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::Device;
 use efficientad_training::backend::Backend;
-use efficientad_training::checkpoint::{self, TeacherProvenance};
-use efficientad_training::distill::{
+use efficientad_training::model::{Pdn, Variant};
+use efficientad_training::train::checkpoint::{self, TeacherProvenance};
+use efficientad_training::train::distill::{
     DistillConfig, Event, ImageFolder, LrSchedule, TargetOptions, distill,
 };
-use efficientad_training::model::{Pdn, Variant};
 
 use crate::util::*;
 
@@ -214,13 +214,13 @@ fn distillation_extended_with_resume_equals_an_uninterrupted_run() {
 #[test]
 fn a_target_teacher_exports_the_map_training_computes() {
     use burn::module::Module;
-    use efficientad::bundle::Bundle;
-    use efficientad::engine::{Engine, EngineOptions, Provider};
-    use efficientad_training::checkpoint::{CheckpointInfo, Kind};
+    use efficientad::model::bundle::Bundle;
+    use efficientad::model::engine::{Engine, EngineOptions, Provider};
     use efficientad_training::data::Rng;
     use efficientad_training::export::export_bundle;
+    use efficientad_training::model::target_teacher::TargetTeacher;
     use efficientad_training::model::{EfficientAd, imagenet_normalize, set_teacher_stats};
-    use efficientad_training::target_teacher::TargetTeacher;
+    use efficientad_training::train::checkpoint::{CheckpointInfo, Kind};
 
     let device = Device::flex();
     let target = TargetTeacher::open(&backbone()).expect("open the backbone");
@@ -302,8 +302,8 @@ fn a_target_teacher_exports_the_map_training_computes() {
 /// runtime, resumes, and refuses a backbone that does not exist, naming it.
 #[test]
 fn fit_with_a_target_teacher_trains_exports_and_resumes() {
-    use efficientad::bundle::Bundle;
-    use efficientad::engine::{Engine, EngineOptions, Provider};
+    use efficientad::model::bundle::Bundle;
+    use efficientad::model::engine::{Engine, EngineOptions, Provider};
 
     let dir = temp_dir("fit-target-teacher");
     let mtd = shared_data().join("mtd");
@@ -357,7 +357,7 @@ fn fit_with_a_target_teacher_trains_exports_and_resumes() {
     assert_eq!(info["teacher"]["source"], "target", "{info}");
     assert_eq!(
         info["teacher"]["backbone_sha256"],
-        efficientad::bundle::file_sha256(&backbone()).expect("hash")
+        efficientad::model::bundle::file_sha256(&backbone()).expect("hash")
     );
     assert_eq!(info["teacher"]["shape"]["grid"], 32);
     let bundle = Bundle::open(&dir.join("bundle")).expect("the runtime opens the bundle");

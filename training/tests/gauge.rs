@@ -162,7 +162,7 @@ fn backbone_outputs_script_rewires_the_feature_outputs() {
     make("blocks.4.out", "blocks.10.out", &stages);
     let image: Vec<f32> = (0..3 * 64 * 64).map(|i| (i % 251) as f32 / 251.0).collect();
     let targets = |path: &Path| {
-        efficientad_training::distill::Backbone::open(path)
+        efficientad_training::train::distill::Backbone::open(path)
             .expect("backbone")
             .targets(&image, 1, 64)
             .expect("targets")

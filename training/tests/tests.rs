@@ -10,14 +10,14 @@ use std::process::Command;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use efficientad::bundle::Bundle;
-use efficientad::engine::{Engine, EngineOptions, Provider};
-use efficientad_training::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
+use efficientad::model::bundle::Bundle;
+use efficientad::model::engine::{Engine, EngineOptions, Provider};
 use efficientad_training::export::{export_bundle, graph::folded_teacher_head};
+use efficientad_training::model::teacher::{ImportError, import_pdn};
 use efficientad_training::model::{
     AutoencoderConfig, EfficientAd, PdnConfig, TEACHER_CHANNELS, Variant, set_teacher_stats,
 };
-use efficientad_training::teacher::{ImportError, import_pdn};
+use efficientad_training::train::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
 use util::*;
 
 const FIXTURE_DIVISOR: usize = 16;
@@ -357,7 +357,7 @@ print("ok")
 // ---- training (issue 4) ----
 
 use efficientad_training::data;
-use efficientad_training::distill::patch_target;
+use efficientad_training::train::distill::patch_target;
 use efficientad_training::train::{self, FitConfig, StepInputs, losses, teacher_raw};
 
 fn formula_weights(
@@ -581,7 +581,7 @@ fn distillation_target_and_loss_equal_the_pytorch_reference_issue4() {
     ));
     let out = teacher.forward(x);
     let t = Tensor::<4>::from_data(TensorData::new(normalized, [1, 24, 16, 16]), &device);
-    let mse = to_vec(efficientad_training::loss::mse(out, t))[0];
+    let mse = to_vec(efficientad_training::train::loss::mse(out, t))[0];
     let want = fixture["distill_mse"].as_f64().expect("mse");
     assert!(
         close(f64::from(mse), want, 1e-4),
@@ -908,7 +908,7 @@ fn short_fit_writes_a_bundle_and_calibration_the_runtime_loads_issue4() {
             .as_f64()
             .is_some()
     );
-    let calibration = efficientad::calibration::Calibration::load_for(
+    let calibration = efficientad::judge::calibration::Calibration::load_for(
         &base.join("calibration/tiny.json"),
         &bundle,
     )
@@ -1002,7 +1002,7 @@ fn fit_errors_are_clear_issue4() {
     let empty = base.join("empty");
     std::fs::create_dir_all(empty.join("train/good")).expect("dir");
     let e = fit(&[], &empty);
-    // The one folder check of the runtime and the training crate (efficientad::images).
+    // The one folder check of the runtime and the training crate (efficientad::offline::images).
     assert!(e.contains("train/good holds no images (jpg"), "{e}");
     // No steps: nothing would be trained, so nothing is exported.
     let output = fit_command(
@@ -1186,7 +1186,8 @@ fn fit_eval_every_logs_test_quality_of_the_checked_model_issue13() {
         .expect("run fit");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    let checks = efficientad_training::quality::read_quality(&work.join("log.jsonl")).expect("log");
+    let checks =
+        efficientad_training::tools::quality::read_quality(&work.join("log.jsonl")).expect("log");
     assert_eq!(
         checks.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         [2, 4],
@@ -1204,9 +1205,11 @@ fn fit_eval_every_logs_test_quality_of_the_checked_model_issue13() {
     let checked = work.join("eval-bundle");
     let bundle = Bundle::open(&checked).expect("checked bundle");
     assert_eq!(bundle.info.training["steps"], 4);
-    let calibration =
-        efficientad::calibration::Calibration::load_for(&checked.join("calibration.json"), &bundle)
-            .expect("calibration of the checked bundle");
+    let calibration = efficientad::judge::calibration::Calibration::load_for(
+        &checked.join("calibration.json"),
+        &bundle,
+    )
+    .expect("calibration of the checked bundle");
     let mut engine = cpu_engine(&bundle);
     let mut scored = Vec::new();
     for (folder, anomalous) in [("good", false), ("crack", true)] {
@@ -1375,7 +1378,7 @@ fn plot_draws_the_quality_curves_of_runs_issue13() {
         "{table}"
     );
     assert!(table.contains("| second run | 200 | 0.660 |"), "{table}");
-    let decoder = efficientad::preprocess::decode_file(&png).expect("png decodes");
+    let decoder = efficientad::model::preprocess::decode_file(&png).expect("png decodes");
     let rgb = decoder.to_rgb8();
     assert_eq!(rgb.dimensions(), (1500, 480));
     for colour in [[31u8, 119, 180], [214, 39, 40]] {

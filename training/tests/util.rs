@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use efficientad::preprocess::{Preprocessor, decode_file};
+use efficientad::model::preprocess::{Preprocessor, decode_file};
 
 /// The workspace root.
 pub fn root() -> PathBuf {

@@ -1,6 +1,6 @@
 use super::*;
-use crate::onnx_proto::read::Model;
-use crate::onnx_proto::{self as proto, Attr, Dim};
+use crate::model::onnx_proto::read::Model;
+use crate::model::onnx_proto::{self as proto, Attr, Dim};
 
 /// x → net/conv1 → net/conv1/relu → net/pool → net/conv2 → y, 1x1 convolutions.
 fn chain() -> Graph {

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Args;
 use efficientad_training::backend::Backend;
-use efficientad_training::bench::{
+use efficientad_training::model::Variant;
+use efficientad_training::tools::bench::{
     BenchConfig, Reference, Timing, bench_distill, bench_fit, run_reference, torch_available,
 };
-use efficientad_training::model::Variant;
 
 use super::parse_variant;
 

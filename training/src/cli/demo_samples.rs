@@ -32,7 +32,7 @@ pub fn run(args: DemoSamplesArgs) -> anyhow::Result<()> {
         defective,
         out,
     } = args;
-    let items = efficientad::dataset::test_set(&dataset)?;
+    let items = efficientad::offline::dataset::test_set(&dataset)?;
     let mut rng = Rng::new(seed);
     let mut chosen = Vec::new();
     for (anomalous, count) in [(false, good), (true, defective)] {

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use clap::Args;
 use efficientad_training::backend::Backend;
-use efficientad_training::checkpoint;
-use efficientad_training::distill::{
+use efficientad_training::model::Variant;
+use efficientad_training::train::checkpoint;
+use efficientad_training::train::distill::{
     DISTILL_LEARNING_RATE, DistillConfig, Event as DistillEvent, ImageFolder, LrSchedule,
     TargetOptions, distill,
 };
-use efficientad_training::model::Variant;
 
 use super::parse_variant;
 

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use anyhow::bail;
 use burn::tensor::Device;
 use clap::Args;
-use efficientad_training::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
 use efficientad_training::data::Rng;
 use efficientad_training::export::export_bundle;
 use efficientad_training::model::{
     AutoencoderConfig, EfficientAd, PdnConfig, TEACHER_CHANNELS, Variant,
 };
+use efficientad_training::train::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
 
 use super::parse_variant;
 

@@ -6,16 +6,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use efficientad::batch::calibrate::{ImageSet, Progress, calibrate_files};
-use efficientad::bundle::Bundle;
-use efficientad::calibration::DEFAULT_FALSE_REJECT_RATE;
-use efficientad::engine::{Engine, EngineOptions, Provider};
+use efficientad::judge::calibration::DEFAULT_FALSE_REJECT_RATE;
+use efficientad::model::bundle::Bundle;
+use efficientad::model::engine::{Engine, EngineOptions, Provider};
+use efficientad::offline::batch::calibrate::{ImageSet, Progress, calibrate_files};
 use efficientad_training::backend::Backend;
-use efficientad_training::checkpoint;
 use efficientad_training::export::export_bundle;
 use efficientad_training::model::Variant;
-use efficientad_training::quality::{QualityCheck, log_quality};
-use efficientad_training::target_teacher::target_path;
+use efficientad_training::model::target_teacher::target_path;
+use efficientad_training::tools::quality::{QualityCheck, log_quality};
+use efficientad_training::train::checkpoint;
 use efficientad_training::train::{Event, FitConfig, stop_flag, train};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -307,7 +307,7 @@ fn train_export_calibrate(
         &normal,
         None,
         DEFAULT_FALSE_REJECT_RATE,
-        &efficientad::region::Region::whole_image(),
+        &efficientad::judge::region::Region::whole_image(),
         1,
         &mut |p| {
             progress.inc(1);

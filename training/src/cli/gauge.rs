@@ -6,9 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
-use efficientad_training::distill::{BACKBONE_SIZE, TargetOptions};
-use efficientad_training::gauge::features::{BundleSource, TargetSource, TeacherSource};
-use efficientad_training::gauge::{FeatureSource, GaugeConfig, GaugeResult, Progress, gauge};
+use efficientad_training::tools::gauge::features::{BundleSource, TargetSource, TeacherSource};
+use efficientad_training::tools::gauge::{
+    FeatureSource, GaugeConfig, GaugeResult, Progress, gauge,
+};
+use efficientad_training::train::distill::{BACKBONE_SIZE, TargetOptions};
 
 #[derive(Args)]
 pub struct GaugeArgs {

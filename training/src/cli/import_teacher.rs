@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use burn::tensor::Device;
 use clap::Args;
-use efficientad_training::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
 use efficientad_training::model::Variant;
-use efficientad_training::teacher::import_teacher;
+use efficientad_training::model::teacher::import_teacher;
+use efficientad_training::train::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
 
 use super::parse_variant;
 
@@ -30,7 +30,7 @@ pub fn run(args: ImportTeacherArgs) -> anyhow::Result<()> {
     let ImportTeacherArgs { pth, variant, out } = args;
     let device = Device::flex();
     let teacher = import_teacher(&pth, variant, &device)?;
-    let sha256 = efficientad::bundle::file_sha256(&pth)
+    let sha256 = efficientad::model::bundle::file_sha256(&pth)
         .with_context(|| format!("hashing {}", pth.display()))?;
     let info = CheckpointInfo {
         normalize_exposure: false,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use efficientad_training::curves;
+use efficientad_training::tools::curves;
 
 #[derive(Args)]
 pub struct PlotArgs {

@@ -16,7 +16,7 @@ use burn::tensor::Tensor;
 use crate::data;
 use crate::model::autoencoder::{DECODER_SIZES, OUTPUT_SIZE};
 use crate::model::{EfficientAd, IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, Pdn};
-use efficientad::onnx_proto::{self as proto, Attr, DataType, Dim, Message};
+use efficientad::model::onnx_proto::{self as proto, Attr, DataType, Dim, Message};
 
 /// ONNX opset of the exported graph.
 pub const OPSET: i64 = 17;
@@ -227,8 +227,8 @@ pub enum TeacherGraph<'a> {
     Pdn,
     /// The distillation target of this backbone (`fit --teacher target:BACKBONE.onnx`).
     Target {
-        backbone: &'a efficientad::onnx_proto::read::Model,
-        shape: &'a crate::target_teacher::TargetShape,
+        backbone: &'a efficientad::model::onnx_proto::read::Model,
+        shape: &'a crate::model::target_teacher::TargetShape,
     },
 }
 

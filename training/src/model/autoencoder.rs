@@ -7,7 +7,7 @@ use burn::module::Module;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 
-use crate::conv::conv2d;
+use crate::model::conv::conv2d;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, TensorData};
 

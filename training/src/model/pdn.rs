@@ -9,8 +9,8 @@ use burn::module::Module;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 
-use crate::conv::{conv2d, conv2d_with};
-use crate::pool::avg_pool;
+use crate::model::conv::{conv2d, conv2d_with};
+use crate::model::pool::avg_pool;
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};

@@ -9,9 +9,9 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use super::{FitConfig, Optimizers, StepLosses, TrainError, adam, io};
-use crate::checkpoint::{self, CheckpointInfo};
 use crate::data::Rng;
 use crate::model::EfficientAd;
+use crate::train::checkpoint::{self, CheckpointInfo};
 
 /// The resumable part of a run's state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

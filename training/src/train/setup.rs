@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 
 use super::{Event, FitConfig, Teacher, TrainError};
-use crate::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
 use crate::data;
+use crate::model::target_teacher::{TargetTeacher, target_path};
 use crate::model::{IMAGE_SIZE, Pdn};
-use crate::target_teacher::{TargetTeacher, target_path};
+use crate::train::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
 
 /// The run's teacher, the PDN the model is assembled around, and the teacher's description.
 ///

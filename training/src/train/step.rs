@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{PENALTY_GRAY_P, TrainError, WEIGHT_DECAY};
 use crate::data::{self, ColorJitter, Rng};
-use crate::loss::{HardSelection, hard_loss, mse, penalty_loss};
+use crate::model::target_teacher::TargetTeacher;
 use crate::model::{EfficientAd, IMAGE_SIZE, Pdn};
-use crate::target_teacher::TargetTeacher;
+use crate::train::loss::{HardSelection, hard_loss, mse, penalty_loss};
 
 /// Losses of one step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]

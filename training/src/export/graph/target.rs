@@ -1,18 +1,18 @@
 //! The teacher of a model trained with `fit --teacher target:BACKBONE.onnx` as deployment
 //! graph nodes: the backbone's own nodes (pruned to its two feature outputs, every name under
 //! `teacher/backbone/`), then the fixed target construction
-//! ([`crate::target_teacher::linear_map`]) as two 3x3 convolutions with μ/σ folded in, the
+//! ([`crate::model::target_teacher::linear_map`]) as two 3x3 convolutions with μ/σ folded in, the
 //! coarse branch resized onto the fine grid, the sum resized to twice the grid and the centre
-//! 56² cropped — the same computation as [`crate::target_teacher::TargetTeacher::raw`].
+//! 56² cropped — the same computation as [`crate::model::target_teacher::TargetTeacher::raw`].
 
 use std::collections::HashSet;
 
-use efficientad::onnx_proto::read;
+use efficientad::model::onnx_proto::read;
 
 use super::Builder;
-use crate::distill::POOL_DIM;
-use crate::target_teacher::{MAP_SIZE, TargetShape, linear_map};
-use efficientad::onnx_proto::Attr;
+use crate::model::target_teacher::{MAP_SIZE, TargetShape, linear_map};
+use crate::train::distill::POOL_DIM;
+use efficientad::model::onnx_proto::Attr;
 
 /// Name of the backbone's input in the backbone contract.
 const BACKBONE_INPUT: &str = "image";

@@ -1,0 +1,391 @@
+//! The line's live state, shared by the pipeline (which reports into it), the HTTP endpoint
+//! (`run --http`: Prometheus metrics, health, the status page) and the systemd watchdog.
+//!
+//! Reporting is a few counter updates under one short lock per answer, so the inspection path
+//! never waits on a reader; everything a reader wants (text exposition, JSON, overlay PNGs) is
+//! made on the reader's thread from a snapshot.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::judge::inspect::Verdict;
+use crate::line::protocol::Answer;
+
+/// Upper bounds of the latency histogram buckets, milliseconds (Prometheus `le`).
+pub const BUCKETS_MS: [f64; 14] = [
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 300.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
+/// NG parts kept for the status page.
+pub const KEPT_NG: usize = 8;
+/// Distinct error kinds counted by name; later kinds are counted as `other`.
+const MAX_ERROR_KINDS: usize = 32;
+
+/// The stages an answer's latency is split into (as in `latency_ms`).
+pub const STAGES: [&str; 5] = [
+    "trigger_to_frame",
+    "preprocess",
+    "inference",
+    "maps",
+    "total",
+];
+
+/// A Prometheus histogram: cumulative-ready bucket counts, sum and count.
+#[derive(Clone, Debug, Default)]
+pub struct Histogram {
+    pub buckets: [u64; BUCKETS_MS.len()],
+    pub count: u64,
+    pub sum_ms: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, ms: f64) {
+        if let Some(i) = BUCKETS_MS.iter().position(|&b| ms <= b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum_ms += ms;
+    }
+}
+
+/// An NG part as the status page shows it: the network input (the frame resized) and its
+/// combined anomaly map, rendered to an overlay only when someone asks.
+#[derive(Clone, Debug)]
+pub struct NgPart {
+    pub seq: u64,
+    /// The id as it appeared in the answer (JSON).
+    pub id: String,
+    pub score: f32,
+    pub time: Option<String>,
+    pub input: Vec<u8>,
+    pub input_size: usize,
+    pub map: Vec<f32>,
+    pub map_size: usize,
+}
+
+/// Which pipeline thread is doing a unit of work (for the watchdog).
+#[derive(Clone, Copy, Debug)]
+pub enum Stage {
+    Capture = 0,
+    Inference = 1,
+}
+
+/// Counters and recent parts of a run.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub ok: u64,
+    pub ng: u64,
+    pub errors: u64,
+    pub error_kinds: BTreeMap<String, u64>,
+    pub latency: [Histogram; STAGES.len()],
+    pub dropped_frames: u64,
+    pub reconnects: u64,
+    /// Heatmaps written, removed to stay within `--heatmaps-max-*`, and bytes held.
+    pub heatmaps_written: u64,
+    pub heatmaps_removed: u64,
+    pub heatmap_bytes: u64,
+    pub camera_up: bool,
+    /// Why the last part could not be judged (camera, frame, engine, region); `None` when it
+    /// was judged. Trigger-side refusals (a malformed line, an overload) leave it as it was.
+    pub last_failed: Option<String>,
+    pub last_ng: VecDeque<NgPart>,
+    /// Recent answer latencies (total, ms) for the page's percentiles.
+    pub recent_ms: VecDeque<f64>,
+}
+
+/// The shared state; see the module docs.
+pub struct Monitor {
+    pub model_name: String,
+    pub model_sha256: String,
+    /// sha256 of the calibration file in use.
+    pub calibration_sha256: String,
+    pub calibration_threshold: f64,
+    pub source: String,
+    pub started: Instant,
+    state: Mutex<Snapshot>,
+    busy: Mutex<[Option<Instant>; 2]>,
+}
+
+/// Marks a stage busy until dropped.
+pub struct Busy<'a> {
+    monitor: &'a Monitor,
+    stage: Stage,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut busy) = self.monitor.busy.lock() {
+            busy[self.stage as usize] = None;
+        }
+    }
+}
+
+/// The nearest-rank `p`-percentile of `values` (None when empty).
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    (n > 0).then(|| v[((p * n as f64).ceil() as usize).clamp(1, n) - 1])
+}
+
+/// The kind of an ERROR answer: its reason up to the first `:` (the detail after it names
+/// files, sizes and times, which would make every error its own kind).
+pub fn error_kind(reason: &str) -> String {
+    reason.split(':').next().unwrap_or(reason).trim().to_owned()
+}
+
+impl Monitor {
+    pub fn new(
+        model_name: &str,
+        model_sha256: &str,
+        calibration_sha256: &str,
+        threshold: f64,
+        source: &str,
+    ) -> Self {
+        Self {
+            model_name: model_name.to_owned(),
+            model_sha256: model_sha256.to_owned(),
+            calibration_sha256: calibration_sha256.to_owned(),
+            calibration_threshold: threshold,
+            source: source.to_owned(),
+            started: Instant::now(),
+            state: Mutex::new(Snapshot {
+                camera_up: true,
+                ..Snapshot::default()
+            }),
+            busy: Mutex::new([None, None]),
+        }
+    }
+
+    fn with(&self, f: impl FnOnce(&mut Snapshot)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// A copy of the counters (taken by readers, never by the pipeline).
+    pub fn snapshot(&self) -> Snapshot {
+        self.state.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// One answer written.
+    pub fn record(&self, answer: &Answer) {
+        self.with(|s| {
+            match answer.verdict {
+                Verdict::Ok => s.ok += 1,
+                Verdict::Ng => s.ng += 1,
+                Verdict::Error => s.errors += 1,
+            }
+            if let Some(reason) = &answer.error {
+                let mut kind = error_kind(reason);
+                if !s.error_kinds.contains_key(&kind) && s.error_kinds.len() >= MAX_ERROR_KINDS {
+                    kind = "other".into();
+                }
+                *s.error_kinds.entry(kind).or_default() += 1;
+            }
+            // Healthy means the last part could be judged. A malformed trigger or an overload
+            // says nothing about camera, frames or engine, so it leaves the state as it was;
+            // every other ERROR (no frame, an undecodable one, a failed inference, a region
+            // with no cell) is a part that could not be judged.
+            s.last_failed = match &answer.error {
+                None => None,
+                Some(e) if e.starts_with("trigger") || e.starts_with("overloaded") => {
+                    s.last_failed.take()
+                }
+                Some(e) => Some(e.clone()),
+            };
+            if answer.verdict != Verdict::Error {
+                let l = &answer.latency_ms;
+                for (h, v) in s.latency.iter_mut().zip([
+                    l.trigger_to_frame,
+                    l.preprocess,
+                    l.inference,
+                    l.maps,
+                    l.total,
+                ]) {
+                    h.observe(v);
+                }
+                if s.recent_ms.len() == 1000 {
+                    s.recent_ms.pop_front();
+                }
+                s.recent_ms.push_back(l.total);
+            }
+        });
+    }
+
+    /// Takes back the counts of an answer that [`Monitor::record`] counted but that could not
+    /// be delivered (its latency samples stay: the part was judged).
+    pub fn retract(&self, answer: &Answer) {
+        self.with(|s| {
+            let count = match answer.verdict {
+                Verdict::Ok => &mut s.ok,
+                Verdict::Ng => &mut s.ng,
+                Verdict::Error => &mut s.errors,
+            };
+            *count = count.saturating_sub(1);
+            if let Some(reason) = &answer.error {
+                let kind = error_kind(reason);
+                if let Some(n) = s.error_kinds.get_mut(&kind) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        });
+    }
+
+    /// Keeps an NG part for the status page (the oldest of [`KEPT_NG`] goes).
+    pub fn keep_ng(&self, part: NgPart) {
+        self.with(|s| {
+            if s.last_ng.len() == KEPT_NG {
+                s.last_ng.pop_front();
+            }
+            s.last_ng.push_back(part);
+        });
+    }
+
+    /// The heatmap folder's counts after a part.
+    pub fn heatmaps(&self, written: u64, removed: u64, bytes: u64) {
+        self.with(|s| {
+            s.heatmaps_written = written;
+            s.heatmaps_removed = removed;
+            s.heatmap_bytes = bytes;
+        });
+    }
+
+    pub fn frame_dropped(&self) {
+        self.with(|s| s.dropped_frames += 1);
+    }
+
+    pub fn camera_lost(&self) {
+        self.with(|s| s.camera_up = false);
+    }
+
+    pub fn camera_back(&self) {
+        self.with(|s| {
+            s.camera_up = true;
+            s.reconnects += 1;
+        });
+    }
+
+    /// Marks `stage` busy (a grab, an inference) until the guard is dropped.
+    pub fn busy(&self, stage: Stage) -> Busy<'_> {
+        if let Ok(mut busy) = self.busy.lock() {
+            busy[stage as usize] = Some(Instant::now());
+        }
+        Busy {
+            monitor: self,
+            stage,
+        }
+    }
+
+    /// True when a grab or an inference has been running longer than `limit`: the pipeline is
+    /// stuck (an idle pipeline, waiting for triggers, is not).
+    pub fn stalled(&self, limit: Duration) -> bool {
+        self.busy
+            .lock()
+            .map(|b| b.iter().flatten().any(|since| since.elapsed() > limit))
+            .unwrap_or(true)
+    }
+
+    /// `None` when healthy, else why not (for `/healthz`).
+    pub fn unhealthy(&self, stall_limit: Duration) -> Option<String> {
+        if self.stalled(stall_limit) {
+            return Some("the pipeline is stuck in a grab or an inference".into());
+        }
+        let s = self.snapshot();
+        if !s.camera_up {
+            return Some("camera unavailable; reconnecting".into());
+        }
+        s.last_failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::line::protocol::{Latency, TriggerId};
+
+    fn answer(verdict: Verdict, error: Option<&str>, total: f64) -> Answer {
+        Answer {
+            id: TriggerId::None,
+            seq: 1,
+            verdict,
+            score: None,
+            threshold: 0.0,
+            trigger_time: None,
+            frame_time: None,
+            frame: None,
+            latency_ms: Latency {
+                total,
+                ..Latency::default()
+            },
+            heatmap: None,
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn answers_are_counted_by_verdict_kind_and_bucket() {
+        let m = Monitor::new("m", "abc", "def", 0.1, "dir:x");
+        m.record(&answer(Verdict::Ok, None, 3.0));
+        m.record(&answer(Verdict::Ng, None, 250.0));
+        m.record(&answer(
+            Verdict::Error,
+            Some("bad frame: frame dropped"),
+            0.0,
+        ));
+        m.record(&answer(
+            Verdict::Error,
+            Some("bad frame: other detail"),
+            0.0,
+        ));
+        let s = m.snapshot();
+        assert_eq!((s.ok, s.ng, s.errors), (1, 1, 2));
+        assert_eq!(s.error_kinds.get("bad frame"), Some(&2));
+        let total = &s.latency[4];
+        assert_eq!(total.count, 2);
+        assert_eq!(total.buckets[2], 1, "3 ms falls in le=5");
+        assert_eq!(total.buckets[8], 1, "250 ms falls in le=300");
+        assert!((total.sum_ms - 253.0).abs() < 1e-9);
+        // An answer that could not be delivered is taken back.
+        m.retract(&answer(Verdict::Error, Some("bad frame: x"), 0.0));
+        let s = m.snapshot();
+        assert_eq!((s.errors, s.error_kinds.get("bad frame")), (1, Some(&1)));
+    }
+
+    #[test]
+    fn health_follows_the_camera_and_stalls() {
+        let m = Monitor::new("m", "abc", "def", 0.1, "dir:x");
+        assert!(m.unhealthy(Duration::from_secs(1)).is_none());
+        m.camera_lost();
+        assert!(m.unhealthy(Duration::from_secs(1)).is_some());
+        m.camera_back();
+        assert!(m.unhealthy(Duration::from_secs(1)).is_none());
+        m.record(&answer(Verdict::Error, Some("inference failed: x"), 0.0));
+        assert!(m.unhealthy(Duration::from_secs(1)).is_some());
+        m.record(&answer(Verdict::Ok, None, 1.0));
+        assert!(m.unhealthy(Duration::from_secs(1)).is_none());
+        // Frames that cannot be decoded: unhealthy until a part is judged again; a malformed
+        // trigger or an overload in between changes nothing.
+        m.record(&answer(Verdict::Error, Some("bad frame: not a JPEG"), 0.0));
+        let why = m.unhealthy(Duration::from_secs(1)).expect("unhealthy");
+        assert!(why.contains("bad frame"), "{why}");
+        m.record(&answer(
+            Verdict::Error,
+            Some("trigger line is not valid JSON: x"),
+            0.0,
+        ));
+        assert!(m.unhealthy(Duration::from_secs(1)).is_some());
+        m.record(&answer(Verdict::Ok, None, 1.0));
+        m.record(&answer(
+            Verdict::Error,
+            Some("overloaded: trigger waited 900 ms"),
+            0.0,
+        ));
+        assert!(m.unhealthy(Duration::from_secs(1)).is_none());
+        let busy = m.busy(Stage::Capture);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(m.stalled(Duration::from_millis(10)));
+        drop(busy);
+        assert!(!m.stalled(Duration::from_millis(10)));
+    }
+}
