@@ -9,7 +9,6 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::util::*;
-use crate::{calibrate, image_folder};
 
 fn quantize(model: &Path, images: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     run(efficientad()
@@ -140,7 +139,7 @@ print("ok")
 /// fp32; model.json records where it came from. On dark and bright tiles together the default
 /// stays close to fp32 and quantizing the autoencoder as well is warned about.
 #[test]
-fn quantized_shipped_model_is_a_checked_qdq_graph_close_to_fp32_issue15() {
+fn quantized_shipped_model_is_a_checked_qdq_graph_close_to_fp32() {
     let fp32 = root().join("onnx/mtd-s");
     let (images, _) = image_folder("quantize-cal", &mtd().join("validation/good"), 4);
     let out = temp_dir("quantize-shipped").join("mtd-s-int8");
@@ -224,7 +223,7 @@ fn quantized_shipped_model_is_a_checked_qdq_graph_close_to_fp32_issue15() {
 /// int8 bundle calibrates (recording int8), judges images, refuses the fp32 calibration, and
 /// bench times it beside the fp32 bundle.
 #[test]
-fn int8_bundle_works_in_every_command_and_keeps_fp32_layers_issue15() {
+fn int8_bundle_works_in_every_command_and_keeps_fp32_layers() {
     let dir = temp_dir("quantize-small");
     let (images, files) = image_folder("quantize-small-img", &mtd().join("validation/good"), 3);
     let out = dir.join("small-int8");
@@ -348,7 +347,7 @@ print("ok")
 
 /// Wrong inputs are clear errors (exit 2) naming what is wrong.
 #[test]
-fn quantize_refuses_bad_folders_int8_sources_and_unknown_layers_issue15() {
+fn quantize_refuses_bad_folders_int8_sources_and_unknown_layers() {
     let dir = temp_dir("quantize-errors");
     let (images, _) = image_folder("quantize-errors-img", &mtd().join("validation/good"), 1);
     let expect_error = |output: std::process::Output, needles: &[&str]| {

@@ -385,3 +385,35 @@ fn fit_with_a_target_teacher_trains_exports_and_resumes() {
     assert!(!out.status.success());
     assert!(stderr.contains("no-such-backbone.onnx"), "{stderr}");
 }
+
+#[test]
+fn distill_snapshots_record_what_the_teacher_saw() {
+    let dir = temp_dir("distill-snap");
+    let images = dir.join("images");
+    copy_first(&shared_data().join("imagenet-sample"), &images, 4);
+    let out = dir.join("teacher.bpk");
+    let output = distill_command(&images, &out)
+        .args(["--steps", "2", "--batch", "1", "--save-every", "1"])
+        .args(["--stats-images", "2", "--seed", "5"])
+        .output()
+        .expect("run distill-teacher");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    for (path, steps) in [(dir.join("teacher.step1.bpk"), 1), (out.clone(), 2)] {
+        let info = checkpoint::read_info(&path).expect("teacher info");
+        match &info.teacher {
+            TeacherProvenance::Distilled { steps: s, .. } => assert_eq!(*s, steps),
+            other => panic!("{other:?}"),
+        }
+        let t = &info.training;
+        assert_eq!(t["batch"], 1);
+        assert_eq!(t["images_seen"], steps);
+        assert_eq!(t["stats_images"], 2);
+        assert_eq!(t["seed"], 5);
+        assert!(t["wall_seconds"].as_f64().is_some_and(|w| w > 0.0), "{t}");
+    }
+    assert!(
+        !dir.join("teacher.step2.bpk").exists(),
+        "the last step is the final teacher"
+    );
+}
