@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub use test_support::*;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
@@ -12,39 +14,6 @@ use efficientad::model::bundle::Bundle;
 use efficientad::model::engine::{Engine, EngineOptions, Provider};
 use efficientad::model::preprocess::{Preprocessor, decode_file};
 use serde_json::Value;
-
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// `../shared/data` beside the project (or `EFFICIENTAD_SHARED_DATA`); fails loudly if missing.
-pub fn shared_data() -> PathBuf {
-    let dir = std::env::var_os("EFFICIENTAD_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/data"));
-    assert!(
-        dir.join("mtd").is_dir(),
-        "the shared datasets are missing: expected {} (with mtd/ inside); tests on real images need them",
-        dir.display()
-    );
-    dir
-}
-
-pub fn mtd() -> PathBuf {
-    shared_data().join("mtd")
-}
-
-/// The first `n` files of a folder, sorted.
-pub fn first_files(dir: &Path, n: usize) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    files.truncate(n);
-    files
-}
 
 /// The program that runs binaries of the target, if it is not the host: `qemu-aarch64` when
 /// `.ci/aarch64 test` runs these tests for aarch64 (cargo's runner starts this test binary; the
@@ -92,14 +61,6 @@ pub fn efficientad_train() -> Command {
         bin.display()
     );
     Command::new(bin)
-}
-
-/// A fresh temporary folder for one test.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("efficientad-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 /// Runs a command, returning its output; panics only if it cannot start.

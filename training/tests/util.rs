@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub use test_support::*;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -13,24 +15,6 @@ use efficientad_training::model::teacher::import_pdn;
 use efficientad_training::model::*;
 use efficientad_training::train::checkpoint::{self, CheckpointInfo, Kind, TeacherProvenance};
 use efficientad_training::train::{FitConfig, StepInputs, losses, teacher_raw};
-
-/// The workspace root.
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `../shared/data` beside the project (or `EFFICIENTAD_SHARED_DATA`); fails loudly if missing.
-pub fn shared_data() -> PathBuf {
-    let dir = std::env::var_os("EFFICIENTAD_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/data"));
-    assert!(
-        dir.join("mtd").is_dir(),
-        "the shared datasets are missing: expected {} (with mtd/ inside); tests on real images need them",
-        dir.display()
-    );
-    dir
-}
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -117,39 +101,6 @@ pub fn batch_tensor(batch: &[u8], n: usize, size: usize, device: &Device) -> Ten
 
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().expect("float tensor")
-}
-
-/// A fresh temporary folder for one test.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "efficientad-train-test-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-/// The files of `dir`, sorted by name.
-pub fn sorted_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort();
-    files
-}
-
-/// Copies the first `n` files of `from` (sorted by name) into `to`, created if needed; returns
-/// the sources copied.
-pub fn copy_first(from: &Path, to: &Path, n: usize) -> Vec<PathBuf> {
-    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("creating {}: {e}", to.display()));
-    let files: Vec<PathBuf> = sorted_files(from).into_iter().take(n).collect();
-    for f in &files {
-        let name = f.file_name().expect("file name");
-        std::fs::copy(f, to.join(name)).unwrap_or_else(|e| panic!("copying {}: {e}", f.display()));
-    }
-    files
 }
 
 pub const FIXTURE_DIVISOR: usize = 16;

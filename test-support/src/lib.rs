@@ -1,0 +1,68 @@
+//! Helpers shared by the integration tests of both crates: the workspace's paths, the
+//! datasets, temporary folders and file lists. Test code only (a dev-dependency).
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The datasets folder (`mtd/`, `imagenet-sample/`, and `../weights/` beside it):
+/// `EFFICIENTAD_SHARED_DATA`, else `../shared/data` beside the workspace. Fails loudly if it
+/// is missing (`.ci/run` finds or fetches it; README, Tests).
+pub fn shared_data() -> PathBuf {
+    let dir = std::env::var_os("EFFICIENTAD_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/data"));
+    assert!(
+        dir.join("mtd").is_dir(),
+        "the datasets are missing: expected {} (with mtd/ inside); get them with `scripts/fetch-datasets DIR` and set EFFICIENTAD_SHARED_DATA=DIR/data",
+        dir.display()
+    );
+    dir
+}
+
+/// The Magnetic Tile Defect dataset in the MVTec layout.
+pub fn mtd() -> PathBuf {
+    shared_data().join("mtd")
+}
+
+/// A fresh, empty temporary folder for one test (unique per test process).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("efficientad-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
+/// The entries of `dir`, sorted by name.
+pub fn sorted_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    files
+}
+
+/// The first `n` files (not folders) of `dir`, sorted by name.
+pub fn first_files(dir: &Path, n: usize) -> Vec<PathBuf> {
+    sorted_files(dir)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .take(n)
+        .collect()
+}
+
+/// Copies the first `n` entries of `from` (sorted by name) into `to`, created if needed;
+/// returns the sources copied.
+pub fn copy_first(from: &Path, to: &Path, n: usize) -> Vec<PathBuf> {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("creating {}: {e}", to.display()));
+    let files: Vec<PathBuf> = sorted_files(from).into_iter().take(n).collect();
+    for f in &files {
+        let name = f.file_name().expect("file name");
+        std::fs::copy(f, to.join(name)).unwrap_or_else(|e| panic!("copying {}: {e}", f.display()));
+    }
+    files
+}
