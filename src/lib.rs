@@ -18,8 +18,6 @@ pub mod line;
 pub mod log;
 pub mod model;
 pub mod offline;
-#[cfg(test)]
-mod properties;
 pub mod quantize;
 
 /// Milliseconds of a duration (how every timing in answers, logs and reports is given).

@@ -13,6 +13,7 @@ mod infer;
 mod library_loading;
 mod line_protocol;
 mod platform;
+mod properties;
 mod quantize;
 mod region;
 mod soak;

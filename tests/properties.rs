@@ -13,10 +13,10 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use crate::judge::calibration::Calibration;
-use crate::line::protocol::{MAX_LINE, TriggerId, parse_line, read_triggers};
-use crate::model::bundle::{BUNDLE_FORMAT_VERSION, ModelInfo};
-use crate::model::preprocess::{Preprocessor, decode_bytes, to_rgb8};
+use efficientad::judge::calibration::Calibration;
+use efficientad::line::protocol::{MAX_LINE, TriggerId, parse_line, read_triggers};
+use efficientad::model::bundle::{BUNDLE_FORMAT_VERSION, ModelInfo};
+use efficientad::model::preprocess::{Preprocessor, decode_bytes, to_rgb8};
 
 const SHIPPED_CALIBRATION: &str = include_str!("../calibration/mtd-s.json");
 const SHIPPED_MODEL_JSON: &str = include_str!("../onnx/mtd-s/model.json");
