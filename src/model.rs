@@ -6,3 +6,4 @@ pub mod engine;
 pub mod onnx_proto;
 pub mod ortlib;
 pub mod preprocess;
+pub mod session;

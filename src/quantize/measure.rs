@@ -12,8 +12,8 @@ use crate::model::bundle::Bundle;
 use crate::model::engine::{self, Engine, EngineError, EngineOptions, Provider, RawMaps};
 use crate::model::onnx_proto::read::Model;
 use crate::model::onnx_proto::{DataType, Message};
-use crate::model::ortlib;
 use crate::model::preprocess::{Preprocessor, decode_file};
+use crate::model::session::{CpuOptions, Graph, cpu_session};
 
 /// The probe graph: the fp32 graph with `tensors` as extra float outputs (no fixed shape).
 pub(super) fn probe_bytes(model: &Model, tensors: &[String]) -> Vec<u8> {
@@ -35,16 +35,14 @@ pub(super) fn session(
     threads: Option<usize>,
     path: &Path,
 ) -> Result<Session, EngineError> {
-    let lib = ortlib::load()?;
-    let err = |e: &dyn std::fmt::Display| EngineError::Session {
+    let options = CpuOptions {
+        threads,
+        ..CpuOptions::default()
+    };
+    cpu_session(Graph::Bytes(bytes), options).map_err(|e| EngineError::Session {
         path: path.to_owned(),
         reason: e.to_string(),
-    };
-    let mut builder = Session::builder(&lib.environment).map_err(|e| err(&e))?;
-    if let Some(t) = threads {
-        builder = builder.with_intra_threads(t).map_err(|e| err(&e))?;
-    }
-    builder.commit_from_memory(bytes).map_err(|e| err(&e))
+    })
 }
 
 /// Runs the probe on each image and collects the histograms.

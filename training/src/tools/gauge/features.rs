@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
+use efficientad::model::session::{CpuOptions, Graph, cpu_session};
 
 use crate::model::{IMAGE_SIZE, Pdn, imagenet_normalize};
 use crate::train::checkpoint;
@@ -173,10 +174,7 @@ impl BundleSource {
         let mut info = Message::default();
         info.string(1, &out).message(2, &type_proto);
         model.graph.outputs = vec![(out, info.into_bytes())];
-        let lib = efficientad::model::ortlib::load().map_err(|e| err(&e))?;
-        let session = ort::session::Session::builder(&lib.environment)
-            .map_err(|e| err(&e))?
-            .commit_from_memory(&model.encode())
+        let session = cpu_session(Graph::Bytes(&model.encode()), CpuOptions::default())
             .map_err(|e| err(&e))?;
         Ok(Self {
             session,

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use efficientad::model::session::{CpuOptions, Graph, cpu_session};
 use ort::session::Session;
 use ort::value::TensorRef;
 
@@ -194,15 +195,13 @@ impl Backbone {
             path: path.to_owned(),
             reason: e.to_string(),
         };
-        let lib = efficientad::model::ortlib::load().map_err(|e| err(&e))?;
         // Backbone runs alternate with Burn's work on the same cores: ONNX Runtime's threads
         // must sleep between runs rather than spin.
-        let session = Session::builder(&lib.environment)
-            .map_err(|e| err(&e))?
-            .with_intra_op_spinning(false)
-            .map_err(|e| err(&e))?
-            .commit_from_file(path)
-            .map_err(|e| err(&e))?;
+        let options = CpuOptions {
+            no_spinning: true,
+            ..CpuOptions::default()
+        };
+        let session = cpu_session(Graph::File(path), options).map_err(|e| err(&e))?;
         let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
         if session.inputs().first().map(|i| i.name()) != Some("image") || names.len() < 2 {
             return Err(err(&format!(
