@@ -3,6 +3,7 @@
 
 mod bench;
 mod calibrate;
+mod capture;
 mod demo;
 mod doctor;
 mod eval;
@@ -15,6 +16,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use efficientad::line::source::{
+    CameraOptions, GigeSettings, GigeTrigger, SourceSpec, SpecError, UsbSettings,
+};
 use efficientad::model::engine::{EngineOptions, Provider};
 
 const AFTER_HELP: &str = "Exit status: 0 success; 1 the run finished but some images got ERROR (infer, eval; `run` ends 0 on EOF or a signal, its ERROR answers carry the errors); \
@@ -39,6 +43,9 @@ enum Command {
     },
     /// Watch a camera (or a dir: source) and answer triggers from stdin, one JSON line each.
     Run(run::RunArgs),
+    /// Take training images from a camera (or a dir: source) into train/good and
+    /// validation/good, through the same source code as `run`.
+    Capture(capture::CaptureArgs),
     /// Judge image files or folders: one JSON line per image on stdout, heatmaps on request.
     Infer(infer::InferArgs),
     /// Compute map normalization and the decision threshold from normal validation images.
@@ -106,6 +113,94 @@ impl EngineArgs {
 }
 
 /// What a subcommand reports back for the exit status.
+/// Where frames come from and the camera's settings: shared by `run` and `capture`, so a
+/// captured training image is taken exactly as `run` will later take the parts it judges.
+#[derive(Args, Clone, Debug)]
+pub struct SourceArgs {
+    /// Frame source: dir:<folder>, usb:<index|name>, gige:<id|first>.
+    #[arg(long, value_name = "SPEC")]
+    pub source: String,
+    /// Frame rate of a dir: source (0 = as fast as asked).
+    #[arg(long, value_name = "FPS", default_value_t = 10.0)]
+    pub fps: f64,
+    /// A dir: source plays its images once instead of looping.
+    #[arg(long)]
+    pub once: bool,
+    /// Longest wait for a frame after a trigger, milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2000)]
+    pub frame_timeout_ms: u64,
+    /// GigE trigger: software (each stdin trigger fires one exposure), free (camera streams),
+    /// or the camera input line that fires exposures, e.g. Line1.
+    #[arg(long, value_name = "MODE", default_value = "software")]
+    pub gige_trigger: GigeTrigger,
+    /// How GigE frames are received: auto (aravis's packet socket when the process may open
+    /// one, i.e. runs as root or with CAP_NET_RAW, else a UDP socket) or socket (always the UDP
+    /// socket: needed under qemu, which cannot emulate the packet socket's ring buffer).
+    #[arg(long, value_name = "METHOD", default_value = "auto", value_parser = ["auto", "socket"])]
+    pub gige_stream: String,
+    /// GigE pixel format to set, e.g. Mono8, RGB8Packed, BayerRG8.
+    #[arg(long, value_name = "FORMAT")]
+    pub gige_pixel_format: Option<String>,
+    /// Camera exposure time, microseconds (GigE).
+    #[arg(long, value_name = "US")]
+    pub exposure_us: Option<f64>,
+    /// Camera gain (GigE).
+    #[arg(long)]
+    pub gain: Option<f64>,
+    /// Camera frame rate to request (GigE and USB).
+    #[arg(long, value_name = "FPS")]
+    pub camera_fps: Option<f64>,
+    /// USB frame format: mjpeg or yuyv.
+    #[arg(long, value_name = "FORMAT")]
+    pub usb_format: Option<String>,
+    /// USB resolution, WIDTHxHEIGHT.
+    #[arg(long, value_name = "WxH", value_parser = parse_resolution)]
+    pub usb_resolution: Option<(u32, u32)>,
+}
+
+impl SourceArgs {
+    /// The source named by `--source` (`dir:` plays its images at `--fps`, looping unless
+    /// `--once`).
+    pub fn spec(&self) -> Result<SourceSpec, SpecError> {
+        SourceSpec::parse(&self.source, self.fps, !self.once)
+    }
+
+    /// Camera settings; `free` streams a GigE camera instead of triggering each frame.
+    pub fn options(&self, free: bool) -> CameraOptions {
+        CameraOptions {
+            gige: GigeSettings {
+                pixel_format: self.gige_pixel_format.clone(),
+                udp_socket_only: self.gige_stream == "socket",
+                exposure_us: self.exposure_us,
+                gain: self.gain,
+                frame_rate: self.camera_fps,
+                trigger: if free {
+                    GigeTrigger::Free
+                } else {
+                    self.gige_trigger.clone()
+                },
+            },
+            usb: UsbSettings {
+                format: self.usb_format.clone(),
+                resolution: self.usb_resolution,
+                fps: self.camera_fps.map(|f| f.round() as u32),
+            },
+        }
+    }
+}
+
+fn parse_resolution(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("`{text}` is not WIDTHxHEIGHT"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("`{text}` is not WIDTHxHEIGHT"))
+    };
+    Ok((parse(w)?, parse(h)?))
+}
+
 pub enum Outcome {
     Success,
     SomeErrors,
@@ -118,6 +213,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo { provider } => demo::run(provider),
         Command::Run(args) => run::run(args),
+        Command::Capture(args) => capture::run(args),
         Command::Infer(args) => infer::run(args),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Eval(args) => eval::run(args),

@@ -1,6 +1,7 @@
 //! Runs beside the line: frame sources (cameras, folders), the streaming pipeline, the PLC
 //! protocol on stdin/stdout, and supervision (live counters, HTTP, systemd notify).
 
+pub mod capture;
 pub mod http;
 pub mod monitor;
 pub mod notify;

@@ -6,6 +6,7 @@
 mod bench;
 mod calibrate;
 mod cameras;
+mod capture;
 mod datasets;
 mod demo;
 mod eval;

@@ -18,25 +18,22 @@ use efficientad::line::pipeline::{
     DEFAULT_MAX_TRIGGER_AGE, Mode, Pipeline, PipelineOptions, TriggerMode,
 };
 use efficientad::line::protocol::{Answer, JsonLines, Latency, Trigger, read_triggers, rfc3339};
+use efficientad::line::source::CameraOptions;
 use efficientad::line::source::faults::{FaultPlan, FaultySource};
-use efficientad::line::source::{
-    CameraOptions, GigeSettings, GigeTrigger, SourceSpec, UsbSettings,
-};
 use efficientad::model::bundle::Bundle;
 use efficientad::model::engine::Engine;
 
-use super::{EngineArgs, Outcome};
+use super::{EngineArgs, Outcome, SourceArgs};
 
 #[derive(Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub camera: SourceArgs,
     /// Calibration file of this model.
     #[arg(long, value_name = "FILE")]
     pub calibration: PathBuf,
-    /// Frame source: dir:<folder>, usb:<index|name>, gige:<id|first>.
-    #[arg(long, value_name = "SPEC")]
-    pub source: String,
     /// stdin: one frame per trigger line; free: judge frames continuously.
     #[arg(long, value_enum, default_value_t = TriggerMode::Stdin)]
     pub trigger: TriggerMode,
@@ -48,44 +45,11 @@ pub struct RunArgs {
     pub all_heatmaps: bool,
     #[command(flatten)]
     pub heatmap_limits: super::HeatmapLimitArgs,
-    /// Frame rate of a dir: source (0 = as fast as asked).
-    #[arg(long, value_name = "FPS", default_value_t = 10.0)]
-    pub fps: f64,
-    /// A dir: source plays its images once instead of looping.
-    #[arg(long)]
-    pub once: bool,
-    /// Longest wait for a frame after a trigger, milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
-    pub frame_timeout_ms: u64,
     /// Longest a trigger may wait (behind earlier ones) before its frame is taken,
     /// milliseconds; an older trigger is answered ERROR "overloaded" instead of being judged
     /// on a later part. Set it to how long a part stays in view; 0 = no limit.
     #[arg(long, value_name = "MS", default_value_t = DEFAULT_MAX_TRIGGER_AGE.as_millis() as u64)]
     pub max_trigger_age_ms: u64,
-    /// GigE trigger: software (each stdin trigger fires one exposure), free (camera streams),
-    /// or the camera input line that fires exposures, e.g. Line1.
-    #[arg(long, value_name = "MODE", default_value = "software")]
-    pub gige_trigger: GigeTrigger,
-    /// How GigE frames are received: auto (aravis's packet socket when the process may open
-    /// one, i.e. runs as root or with CAP_NET_RAW, else a UDP socket) or socket (always the UDP
-    /// socket: needed under qemu, which cannot emulate the packet socket's ring buffer).
-    #[arg(long, value_name = "METHOD", default_value = "auto", value_parser = ["auto", "socket"])]
-    pub gige_stream: String,
-    /// GigE pixel format to set, e.g. Mono8, RGB8Packed, BayerRG8.
-    #[arg(long, value_name = "FORMAT")]
-    pub gige_pixel_format: Option<String>,
-    /// Camera exposure time, microseconds (GigE).
-    #[arg(long, value_name = "US")]
-    pub exposure_us: Option<f64>,
-    /// Camera gain (GigE).
-    #[arg(long)]
-    pub gain: Option<f64>,
-    /// Camera frame rate to request (GigE and USB).
-    #[arg(long, value_name = "FPS")]
-    pub camera_fps: Option<f64>,
-    /// USB frame format: mjpeg or yuyv.
-    #[arg(long, value_name = "FORMAT")]
-    pub usb_format: Option<String>,
     /// Serve /metrics (Prometheus), /healthz and a live status page at this address, e.g.
     /// 127.0.0.1:9464 (off by default; it listens only where told).
     #[arg(long, value_name = "ADDR")]
@@ -94,49 +58,16 @@ pub struct RunArgs {
     /// (README: Tests).
     #[arg(long, value_name = "PLAN", hide = true)]
     pub inject_faults: Option<FaultPlan>,
-    /// USB resolution, WIDTHxHEIGHT.
-    #[arg(long, value_name = "WxH", value_parser = parse_resolution)]
-    pub usb_resolution: Option<(u32, u32)>,
-}
-
-fn parse_resolution(text: &str) -> Result<(u32, u32), String> {
-    let (w, h) = text
-        .split_once(['x', 'X'])
-        .ok_or_else(|| format!("`{text}` is not WIDTHxHEIGHT"))?;
-    let parse = |v: &str| {
-        v.trim()
-            .parse::<u32>()
-            .map_err(|_| format!("`{text}` is not WIDTHxHEIGHT"))
-    };
-    Ok((parse(w)?, parse(h)?))
 }
 
 impl RunArgs {
     fn camera_options(&self) -> CameraOptions {
-        CameraOptions {
-            gige: GigeSettings {
-                pixel_format: self.gige_pixel_format.clone(),
-                udp_socket_only: self.gige_stream == "socket",
-                exposure_us: self.exposure_us,
-                gain: self.gain,
-                frame_rate: self.camera_fps,
-                trigger: if self.trigger == TriggerMode::Free {
-                    GigeTrigger::Free
-                } else {
-                    self.gige_trigger.clone()
-                },
-            },
-            usb: UsbSettings {
-                format: self.usb_format.clone(),
-                resolution: self.usb_resolution,
-                fps: self.camera_fps.map(|f| f.round() as u32),
-            },
-        }
+        self.camera.options(self.trigger == TriggerMode::Free)
     }
 
     fn pipeline_options(&self) -> PipelineOptions {
         PipelineOptions {
-            frame_timeout: Duration::from_millis(self.frame_timeout_ms),
+            frame_timeout: Duration::from_millis(self.camera.frame_timeout_ms),
             max_trigger_age: (self.max_trigger_age_ms > 0)
                 .then(|| Duration::from_millis(self.max_trigger_age_ms)),
             ..PipelineOptions::default()
@@ -239,7 +170,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 fn setup(args: &RunArgs) -> anyhow::Result<Pipeline> {
     let bundle = Bundle::open(&args.engine.model)?;
     let calibration = Calibration::load_for(&args.calibration, &bundle)?;
-    let spec = SourceSpec::parse(&args.source, args.fps, !args.once)?;
+    let spec = args.camera.spec()?;
     let mut source = spec.open_with(&args.camera_options())?;
     if let Some(plan) = args.inject_faults {
         source = Box::new(FaultySource::new(source, plan));

@@ -115,12 +115,12 @@ impl HeatmapNames {
         let mut png = Vec::new();
         image
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-            .map_err(|e| format!("cannot encode heatmap: {e}"))?;
+            .map_err(|e| format!("cannot encode a PNG: {e}"))?;
         let candidates = self.candidates(dir, input);
         let temp = dir.join(format!(".heatmap-{}.tmp", self.tag));
         std::fs::write(&temp, &png).map_err(|e| {
             let _ = std::fs::remove_file(&temp);
-            format!("cannot write heatmap {}: {e}", candidates[0].display())
+            format!("cannot write {}: {e}", candidates[0].display())
         })?;
         let mut result = Err(String::new());
         for name in &candidates {
@@ -143,7 +143,7 @@ impl HeatmapNames {
                         result = Err(format!("{} exists", name.display()));
                     }
                     Err(e) => {
-                        result = Err(format!("cannot write heatmap {}: {e}", name.display()));
+                        result = Err(format!("cannot write {}: {e}", name.display()));
                         break;
                     }
                 },
