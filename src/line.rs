@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod http;
+pub mod live;
 pub mod monitor;
 pub mod notify;
 pub mod pipeline;

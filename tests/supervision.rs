@@ -233,9 +233,13 @@ fn status_page_shows_counts_and_ng_overlays_in_a_browser() {
         "chromium is missing: apt-get install chromium (.ci/run does)"
     );
     let (mut child, mut stdin, mut stdout, addr) = run_with_http("http-page", &[]);
-    let answers: Vec<Value> = (1..=4)
+    let mut answers: Vec<Value> = (1..=4)
         .map(|i| ask(&mut stdin, &mut stdout, &format!("p{i}")))
         .collect();
+    // A viewer asks for the live frame (none kept yet), then a part is judged: its frame is
+    // what the page shows.
+    assert!(get(&addr, "/frame.png").0.starts_with("HTTP/1.1 503"));
+    answers.push(ask(&mut stdin, &mut stdout, "p5"));
     let ng = answers.iter().filter(|a| a["verdict"] == "NG").count();
     let ok = answers.iter().filter(|a| a["verdict"] == "OK").count();
     assert!(ng >= 1, "{answers:?}");
@@ -263,6 +267,10 @@ fn status_page_shows_counts_and_ng_overlays_in_a_browser() {
     );
     let loaded = dom.matches("<figure class=\"loaded\">").count();
     assert_eq!(loaded, ng, "every NG overlay loads: {dom}");
+    assert!(
+        dom.contains("/frame.png?t=") && dom.contains(">latest frame "),
+        "the live frame is not shown: {dom}"
+    );
     drop(stdin);
     assert!(child.wait().expect("wait").success());
 }
@@ -374,6 +382,62 @@ fn http_serves_health_beside_slow_and_idle_clients_and_keeps_ids_exact() {
         let listed = body.contains(&format!("\"id\":{id},"));
         assert_eq!(listed, is_ng(answer), "id {id}: {body}");
     }
+    drop(stdin);
+    assert!(child.wait().expect("wait").success());
+}
+
+/// `/frame.png`: nothing is copied until someone asks; then the latest judged frame,
+/// downscaled to at most 320 pixels, with the cells outside the inspection region dimmed as
+/// the heatmaps dim them (a 40-pixel border here) and the inside untouched.
+#[test]
+fn live_frame_is_kept_only_while_someone_looks_and_shows_the_region() {
+    use efficientad::model::preprocess::{decode_file, to_rgb8};
+    let source = replay_folder("live-frame");
+    let (cal_images, _) = image_folder("live-frame-cal", &mtd().join("validation/good"), 6);
+    let cal_path = http_calibration("live-frame");
+    calibrate(
+        small_bundle(),
+        &cal_images,
+        &cal_path,
+        &["--ignore-border", "40"],
+    );
+    let (mut child, mut stdin, mut stdout, addr) = run_with_http_on(&source, &cal_path, &[]);
+    for id in ["a1", "a2"] {
+        ask(&mut stdin, &mut stdout, id);
+    }
+    let copies = |addr: &str| {
+        let (_, body) = get(addr, "/metrics");
+        sample(
+            &String::from_utf8_lossy(&body),
+            "efficientad_live_frames_total",
+        )
+    };
+    assert_eq!(copies(&addr), 0.0, "frames copied while nobody looked");
+    let (head, _) = get(&addr, "/frame.png");
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    let answer = ask(&mut stdin, &mut stdout, "a3");
+    let (head, png) = get(&addr, "/frame.png");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    assert_eq!(copies(&addr), 1.0);
+
+    // The third part of the folder, as the runtime decodes it.
+    let third = &first_files(&source, 3)[2];
+    assert_eq!(
+        answer["frame"]["source"].as_str(),
+        Some(third.display().to_string().as_str())
+    );
+    let frame = to_rgb8(decode_file(third).expect("decode"));
+    let still = image::load_from_memory(&png).expect("png").to_rgb8();
+    let (w, h) = frame.dimensions();
+    let (sw, sh) = still.dimensions();
+    assert_eq!(sw.max(sh), 320.min(w.max(h)), "{w}x{h} shown as {sw}x{sh}");
+    assert!((f64::from(sw) / f64::from(sh) - f64::from(w) / f64::from(h)).abs() < 0.02);
+    let shown = |x: u32, y: u32| *frame.get_pixel(x * w / sw, y * h / sh);
+    // A corner lies in the 40-pixel border: dimmed. The centre is inspected: as taken.
+    let corner = shown(0, 0).0.map(|c| c / 3);
+    assert_eq!(still.get_pixel(0, 0).0, corner);
+    assert_eq!(still.get_pixel(sw / 2, sh / 2).0, shown(sw / 2, sh / 2).0);
     drop(stdin);
     assert!(child.wait().expect("wait").success());
 }

@@ -359,6 +359,16 @@ pub fn run_with_http(
     let source = replay_folder(name);
     let cal_path = http_calibration(name);
     threshold_below(&first_files(&source, 3), 2, &cal_path);
+    run_with_http_on(&source, &cal_path, extra)
+}
+
+/// `run --http` on the small model with a given `dir:` source and calibration; returns the
+/// child, its pipes and the address it listens on.
+pub fn run_with_http_on(
+    source: &Path,
+    cal_path: &Path,
+    extra: &[&str],
+) -> (Child, ChildStdin, BufReader<ChildStdout>, String) {
     let (mut child, stdin, stdout) = spawn_piped(
         efficientad()
             .args([
@@ -373,7 +383,7 @@ pub fn run_with_http(
             ])
             .arg(small_bundle())
             .arg("--calibration")
-            .arg(&cal_path)
+            .arg(cal_path)
             .arg("--source")
             .arg(format!("dir:{}", source.display()))
             .args(extra),

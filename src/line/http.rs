@@ -235,6 +235,18 @@ fn route(target: &str, monitor: &Monitor, stall_limit: Duration) -> Response {
             None => Response::text("200 OK", "ok\n"),
             Some(why) => Response::text("503 Service Unavailable", format!("{why}\n")),
         },
+        "/frame.png" => match monitor.live.png() {
+            Some(png) => Response {
+                status: "200 OK",
+                content_type: "image/png",
+                body: png,
+            },
+            // The first request asks for frames; one arrives with the next frame taken.
+            None => Response::text(
+                "503 Service Unavailable",
+                "no frame yet: frames are kept while someone looks; ask again in a moment\n",
+            ),
+        },
         "/status.json" => Response {
             status: "200 OK",
             content_type: "application/json",

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::judge::inspect::Verdict;
+use crate::line::live::LiveFrame;
 use crate::line::protocol::Answer;
 
 /// Upper bounds of the latency histogram buckets, milliseconds (Prometheus `le`).
@@ -102,6 +103,8 @@ pub struct Monitor {
     pub calibration_threshold: f64,
     pub source: String,
     pub started: Instant,
+    /// The latest frame for `/frame.png` (copied only while someone looks).
+    pub live: LiveFrame,
     state: Mutex<Snapshot>,
     busy: Mutex<[Option<Instant>; 2]>,
 }
@@ -149,6 +152,7 @@ impl Monitor {
             calibration_threshold: threshold,
             source: source.to_owned(),
             started: Instant::now(),
+            live: LiveFrame::default(),
             state: Mutex::new(Snapshot {
                 camera_up: true,
                 ..Snapshot::default()

@@ -167,6 +167,10 @@ impl Inference {
         if let (Some(m), Some(sink)) = (&self.monitor, &self.heatmaps) {
             m.heatmaps(sink.written, sink.removed, sink.bytes());
         }
+        if let Some(m) = &self.monitor {
+            m.live
+                .offer(&frame.image, &self.calibration.inspected, self.maps.size);
+        }
         answer.latency_ms.maps = judged.maps_ms;
         answer.verdict = judged.verdict;
         answer.score = judged.error.is_none().then_some(judged.score);

@@ -109,5 +109,13 @@ pub fn prometheus(monitor: &Monitor, s: &Snapshot) -> String {
         "# HELP efficientad_uptime_seconds Time since the run started.\n# TYPE efficientad_uptime_seconds gauge\nefficientad_uptime_seconds {:.3}",
         monitor.started.elapsed().as_secs_f64()
     );
+    let _ = writeln!(
+        o,
+        "# HELP efficientad_live_frames_total Frames copied for /frame.png (only while someone looks).\n# TYPE efficientad_live_frames_total counter\nefficientad_live_frames_total {}",
+        monitor
+            .live
+            .copies
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     o
 }
