@@ -369,6 +369,18 @@ pub fn run_with_http_on(
     cal_path: &Path,
     extra: &[&str],
 ) -> (Child, ChildStdin, BufReader<ChildStdout>, String) {
+    let mut args: Vec<std::ffi::OsString> = vec!["--model".into(), small_bundle().into()];
+    args.extend(["--calibration".into(), cal_path.into()]);
+    args.extend(extra.iter().map(|a| a.into()));
+    run_http(source, &args)
+}
+
+/// `run --http` on an ephemeral port replaying `source`, with `args` (the models and
+/// calibrations among them); returns the child, its pipes and the address it listens on.
+pub fn run_http(
+    source: &Path,
+    args: &[std::ffi::OsString],
+) -> (Child, ChildStdin, BufReader<ChildStdout>, String) {
     let (mut child, stdin, stdout) = spawn_piped(
         efficientad()
             .args([
@@ -379,14 +391,10 @@ pub fn run_with_http_on(
                 "0",
                 "--http",
                 "127.0.0.1:0",
-                "--model",
             ])
-            .arg(small_bundle())
-            .arg("--calibration")
-            .arg(cal_path)
             .arg("--source")
             .arg(format!("dir:{}", source.display()))
-            .args(extra),
+            .args(args),
     );
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
     let mut log = String::new();

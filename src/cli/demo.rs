@@ -8,7 +8,7 @@ use anyhow::Context;
 use crossbeam_channel::bounded;
 use efficientad::judge::calibration::Calibration;
 use efficientad::judge::inspect::{HeatmapSink, Verdict};
-use efficientad::line::pipeline::{Mode, Pipeline, PipelineOptions};
+use efficientad::line::pipeline::{LineModel, Mode, Pipeline, PipelineOptions};
 use efficientad::line::protocol::Trigger;
 use efficientad::line::source::dir::DirSource;
 use efficientad::model::bundle::Bundle;
@@ -81,8 +81,12 @@ pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
     let (_shutdown_tx, shutdown_rx) = bounded(1);
     let pipeline = Pipeline {
         source: Box::new(source),
-        engine,
-        calibration,
+        models: vec![LineModel {
+            name: calibration.model_name.clone(),
+            engine,
+            calibration,
+            tag: None,
+        }],
         heatmaps: Some(heatmaps),
         monitor: None,
         options: PipelineOptions {

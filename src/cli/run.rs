@@ -15,25 +15,38 @@ use efficientad::judge::inspect::{HeatmapSink, Verdict};
 use efficientad::line::monitor::Monitor;
 use efficientad::line::notify::{Notifier, watchdog, watchdog_interval};
 use efficientad::line::pipeline::{
-    DEFAULT_MAX_TRIGGER_AGE, Mode, Pipeline, PipelineOptions, TriggerMode,
+    DEFAULT_MAX_TRIGGER_AGE, LineModel, Mode, Pipeline, PipelineOptions, TriggerMode,
 };
-use efficientad::line::protocol::{Answer, JsonLines, Latency, Trigger, read_triggers, rfc3339};
+use efficientad::line::protocol::{
+    Answer, JsonLines, Latency, ModelTag, Trigger, read_triggers, rfc3339,
+};
 use efficientad::line::source::CameraOptions;
 use efficientad::line::source::faults::{FaultPlan, FaultySource};
 use efficientad::model::bundle::Bundle;
-use efficientad::model::engine::Engine;
+use efficientad::model::engine::{Engine, EngineOptions, Provider};
 
-use super::{EngineArgs, Outcome, SourceArgs};
+use super::{Outcome, SourceArgs};
 
 #[derive(Args)]
 pub struct RunArgs {
-    #[command(flatten)]
-    pub engine: EngineArgs,
+    /// Model bundle folder, e.g. onnx/my-part. Several models: `--model NAME=DIR` once per
+    /// part type; the first is the default, a trigger `{"id": …, "model": "NAME"}` picks
+    /// another (a product changeover without a restart).
+    #[arg(long = "model", value_name = "[NAME=]DIR", required = true)]
+    pub models: Vec<String>,
+    /// Calibration file of the model; with several models `--calibration NAME=FILE` for each
+    /// (or plain files in the order of the models).
+    #[arg(long = "calibration", value_name = "[NAME=]FILE", required = true)]
+    pub calibrations: Vec<String>,
+    /// Execution provider; `auto` tries TensorRT, CUDA, then CPU. An explicit one that cannot
+    /// load is an error.
+    #[arg(long, value_enum, default_value_t = Provider::Auto)]
+    pub provider: Provider,
+    /// Intra-op threads of ONNX Runtime (default: one per physical core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     #[command(flatten)]
     pub camera: SourceArgs,
-    /// Calibration file of this model.
-    #[arg(long, value_name = "FILE")]
-    pub calibration: PathBuf,
     /// stdin: one frame per trigger line; free: judge frames continuously.
     #[arg(long, value_enum, default_value_t = TriggerMode::Stdin)]
     pub trigger: TriggerMode,
@@ -100,7 +113,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         }
         TriggerMode::Free => Mode::FreeRun,
     };
-    efficientad::log_line!("efficientad: loading {}", args.engine.model.display());
+    efficientad::log_line!("efficientad: loading {}", args.models.join(", "));
     // Supervision: the HTTP endpoint and the systemd watchdog read the pipeline's monitor.
     let interval = watchdog_interval();
     // Everything that can fail, the HTTP listener included, before "ready": a supervisor never
@@ -124,8 +137,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     };
     efficientad::log_line!(
         "efficientad: ready ({} on {}); waiting for triggers",
-        pipeline.calibration.model_name,
-        pipeline.engine.provider()
+        pipeline
+            .models
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        pipeline.models[0].engine.provider()
     );
     let monitor = pipeline.monitor.clone();
     let notifier = Notifier::from_env().map(Arc::new);
@@ -166,10 +184,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Success)
 }
 
-/// Model, calibration, source and a warmed-up engine.
+/// Models (bundle, calibration), source and warmed-up engines.
 fn setup(args: &RunArgs) -> anyhow::Result<Pipeline> {
-    let bundle = Bundle::open(&args.engine.model)?;
-    let calibration = Calibration::load_for(&args.calibration, &bundle)?;
+    let pairs = pair_models(&args.models, &args.calibrations)?;
+    let mut loaded = Vec::with_capacity(pairs.len());
+    for (name, dir, calibration_path) in pairs {
+        let bundle = Bundle::open(&dir)?;
+        let calibration = Calibration::load_for(&calibration_path, &bundle)?;
+        let name = name.unwrap_or_else(|| bundle.info.name.clone());
+        if loaded.iter().any(|(n, ..): &(String, _, _, _)| *n == name) {
+            anyhow::bail!(
+                "two models are named `{name}`; give each its own name with --model NAME=DIR"
+            );
+        }
+        loaded.push((name, bundle, calibration, calibration_path));
+    }
     let spec = args.camera.spec()?;
     let mut source = spec.open_with(&args.camera_options())?;
     if let Some(plan) = args.inject_faults {
@@ -181,27 +210,121 @@ fn setup(args: &RunArgs) -> anyhow::Result<Pipeline> {
         args.all_heatmaps,
         args.heatmap_limits.limits(),
     )?;
-    let mut engine = Engine::new(&bundle, &args.engine.engine_options())?;
-    // Warm-up: the first session run allocates and (TensorRT) builds; not on a real trigger.
-    let size = engine.input_size();
-    engine.run(&vec![0u8; size * size * 3], 1)?;
-    let calibration_sha256 = efficientad::model::bundle::file_sha256(&args.calibration)
-        .with_context(|| format!("hashing {}", args.calibration.display()))?;
+    let options = EngineOptions {
+        provider: args.provider,
+        intra_threads: args.threads.map(usize::from),
+        ..EngineOptions::default()
+    };
+    let several = loaded.len() > 1;
+    let mut models = Vec::with_capacity(loaded.len());
+    let mut default_info = None;
+    for (name, bundle, calibration, calibration_path) in loaded {
+        let mut engine = Engine::new(&bundle, &options)?;
+        // Warm-up: the first session run allocates and (TensorRT) builds; not on a real
+        // trigger. Every model is warm before "ready".
+        let size = engine.input_size();
+        engine.run(&vec![0u8; size * size * 3], 1)?;
+        if default_info.is_none() {
+            let calibration_sha256 = efficientad::model::bundle::file_sha256(&calibration_path)
+                .with_context(|| format!("hashing {}", calibration_path.display()))?;
+            default_info = Some((bundle.info.clone(), calibration_sha256));
+        }
+        let sha = &bundle.info.model_sha256;
+        models.push(LineModel {
+            tag: several.then(|| ModelTag {
+                name: name.clone(),
+                sha256: sha[..sha.len().min(12)].to_owned(),
+            }),
+            name,
+            engine,
+            calibration,
+        });
+    }
+    let Some((info, calibration_sha256)) = default_info else {
+        anyhow::bail!("no model given (--model)");
+    };
     let monitor = Monitor::new(
-        &bundle.info.name,
-        &bundle.info.model_sha256,
+        &info.name,
+        &info.model_sha256,
         &calibration_sha256,
-        calibration.threshold,
+        models[0].calibration.threshold,
         &source.describe(),
     );
     Ok(Pipeline {
         source,
-        engine,
-        calibration,
+        models,
         heatmaps,
         options: args.pipeline_options(),
         monitor: Some(Arc::new(monitor)),
     })
+}
+
+/// `NAME=PATH` or `PATH`.
+fn split_name(text: &str) -> (Option<String>, PathBuf) {
+    match text.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !name.contains('/') && !path.is_empty() => {
+            (Some(name.to_owned()), PathBuf::from(path))
+        }
+        _ => (None, PathBuf::from(text)),
+    }
+}
+
+/// Each `--model` with its `--calibration`: by name when the calibrations are named, else in
+/// order.
+fn pair_models(
+    models: &[String],
+    calibrations: &[String],
+) -> anyhow::Result<Vec<(Option<String>, PathBuf, PathBuf)>> {
+    let models: Vec<_> = models.iter().map(|m| split_name(m)).collect();
+    let calibrations: Vec<_> = calibrations.iter().map(|c| split_name(c)).collect();
+    let named = calibrations.iter().filter(|(n, _)| n.is_some()).count();
+    if named == 0 {
+        if calibrations.len() != models.len() {
+            anyhow::bail!(
+                "{} models but {} calibration files: give one --calibration per --model (or NAME=FILE)",
+                models.len(),
+                calibrations.len()
+            );
+        }
+        return Ok(models
+            .into_iter()
+            .zip(calibrations)
+            .map(|((name, dir), (_, cal))| (name, dir, cal))
+            .collect());
+    }
+    if named != calibrations.len() {
+        anyhow::bail!("name every --calibration (NAME=FILE) or none of them");
+    }
+    for (name, _) in &calibrations {
+        if !models.iter().any(|(n, _)| n == name) {
+            anyhow::bail!(
+                "--calibration {}=… names no model; the models are: {}",
+                name.as_deref().unwrap_or(""),
+                models
+                    .iter()
+                    .map(|(n, d)| n.clone().unwrap_or_else(|| d.display().to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    models
+        .into_iter()
+        .map(|(name, dir)| {
+            let cal = calibrations
+                .iter()
+                .find(|(n, _)| n.is_some() && *n == name)
+                .map(|(_, c)| c.clone())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the model {} has no calibration: add --calibration {}=FILE",
+                        dir.display(),
+                        name.as_deref().unwrap_or("NAME")
+                    )
+                })?;
+            Ok((name, dir, cal))
+        })
+        .collect()
 }
 
 /// How long the reader may stay quiet before a run that could not start stops listening:
@@ -234,6 +357,7 @@ fn answer_unstarted(triggers: &Receiver<Trigger>, error: &anyhow::Error) {
             latency_ms: Latency::default(),
             heatmap: None,
             error: Some(format!("the runtime could not start: {error:#}")),
+            model: None,
         });
     }
     let _ = lines.finish();

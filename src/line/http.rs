@@ -257,7 +257,7 @@ fn route(target: &str, monitor: &Monitor, stall_limit: Duration) -> Response {
             .and_then(|p| p.strip_suffix(".png"))
             .and_then(|s| s.parse::<u64>().ok())
         {
-            Some(seq) => match ng_png(&monitor.snapshot(), seq, monitor.calibration_threshold) {
+            Some(seq) => match ng_png(&monitor.snapshot(), seq) {
                 Some(png) => Response {
                     status: "200 OK",
                     content_type: "image/png",
@@ -350,13 +350,13 @@ fn status_json(monitor: &Monitor, s: &Snapshot, stall_limit: Duration) -> String
 }
 
 /// The overlay of a kept NG part at the network's input size, as PNG.
-fn ng_png(s: &Snapshot, seq: u64, threshold: f64) -> Option<Vec<u8>> {
+fn ng_png(s: &Snapshot, seq: u64) -> Option<Vec<u8>> {
     let part = s.last_ng.iter().find(|p| p.seq == seq)?;
     let size = part.input_size as u32;
     let image = image::RgbImage::from_raw(size, size, part.input.clone())?;
     let full = to_image_size(&part.map, part.map_size, part.input_size, part.input_size);
     let mut png = Vec::new();
-    overlay(&image, &full, threshold)
+    overlay(&image, &full, part.threshold)
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .ok()?;
     Some(png)

@@ -62,6 +62,8 @@ pub struct NgPart {
     pub input_size: usize,
     pub map: Vec<f32>,
     pub map_size: usize,
+    /// The threshold of the model that judged it (the overlay's colour scale).
+    pub threshold: f64,
 }
 
 /// Which pipeline thread is doing a unit of work (for the watchdog).
@@ -92,6 +94,8 @@ pub struct Snapshot {
     pub last_ng: VecDeque<NgPart>,
     /// Recent answer latencies (total, ms) for the page's percentiles.
     pub recent_ms: VecDeque<f64>,
+    /// Answers per model and verdict (OK, NG, ERROR), in a run with several models.
+    pub per_model: BTreeMap<String, [u64; 3]>,
 }
 
 /// The shared state; see the module docs.
@@ -180,6 +184,9 @@ impl Monitor {
                 Verdict::Ng => s.ng += 1,
                 Verdict::Error => s.errors += 1,
             }
+            if let Some(tag) = &answer.model {
+                s.per_model.entry(tag.name.clone()).or_default()[answer.verdict as usize] += 1;
+            }
             if let Some(reason) = &answer.error {
                 let mut kind = error_kind(reason);
                 if !s.error_kinds.contains_key(&kind) && s.error_kinds.len() >= MAX_ERROR_KINDS {
@@ -227,6 +234,13 @@ impl Monitor {
                 Verdict::Error => &mut s.errors,
             };
             *count = count.saturating_sub(1);
+            if let Some(n) = answer
+                .model
+                .as_ref()
+                .and_then(|tag| s.per_model.get_mut(&tag.name))
+            {
+                n[answer.verdict as usize] = n[answer.verdict as usize].saturating_sub(1);
+            }
             if let Some(reason) = &answer.error {
                 let kind = error_kind(reason);
                 if let Some(n) = s.error_kinds.get_mut(&kind) {
@@ -324,6 +338,7 @@ mod tests {
             },
             heatmap: None,
             error: error.map(str::to_owned),
+            model: None,
         }
     }
 

@@ -27,7 +27,7 @@ pub use summary::Summary;
 use crate::judge::calibration::Calibration;
 use crate::judge::inspect::{HeatmapSink, MapsView, Part, Verdict, judge};
 use crate::line::monitor::{Monitor, NgPart, Stage};
-use crate::line::protocol::{Answer, FrameInfo, JsonLines, Latency, Trigger, rfc3339};
+use crate::line::protocol::{Answer, FrameInfo, JsonLines, Latency, ModelTag, Trigger, rfc3339};
 use crate::line::source::FrameSource;
 use crate::model::engine::{Engine, RawMaps};
 use crate::model::preprocess::Preprocessor;
@@ -75,11 +75,20 @@ impl Default for PipelineOptions {
     }
 }
 
+/// One model of a run: its engine (loaded and warmed up), its calibration, and how answers
+/// name it.
+pub struct LineModel {
+    pub name: String,
+    pub engine: Engine,
+    pub calibration: Calibration,
+    /// Set on every answer when the run has several models.
+    pub tag: Option<ModelTag>,
+}
+
 struct Inference {
-    engine: Engine,
-    calibration: Calibration,
+    /// The first is the default; a trigger's `"model"` picks another.
+    models: Vec<(LineModel, Preprocessor)>,
     heatmaps: Option<HeatmapSink>,
-    pre: Preprocessor,
     input: Vec<u8>,
     maps: RawMaps,
     combined: Vec<f32>,
@@ -89,19 +98,44 @@ struct Inference {
 impl Inference {
     fn answer(&mut self, job: Job) -> Answer {
         let Job { trigger, frame } = job;
+        // The model the trigger names (else the default); an unknown name is the trigger's
+        // error, answered before any frame is judged.
+        let chosen = match &trigger.model {
+            None => Ok(0),
+            Some(name) => self
+                .models
+                .iter()
+                .position(|(m, _)| &m.name == name)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = self.models.iter().map(|(m, _)| m.name.as_str()).collect();
+                    format!(
+                        "trigger names the model `{name}`, which this run does not have; it has: {}",
+                        known.join(", ")
+                    )
+                }),
+        };
+        let index = *chosen.as_ref().unwrap_or(&0);
+        let (model, pre) = &mut self.models[index];
         let mut answer = Answer {
             id: trigger.id,
             seq: trigger.seq,
             verdict: Verdict::Error,
             score: None,
-            threshold: self.calibration.threshold,
+            threshold: model.calibration.threshold,
             trigger_time: Some(rfc3339(trigger.received_at)),
             frame_time: None,
             frame: None,
             latency_ms: Latency::default(),
             heatmap: None,
             error: None,
+            model: model.tag.clone(),
         };
+        if let Err(e) = chosen {
+            answer.model = None;
+            answer.error = Some(e);
+            answer.latency_ms.total = ms(trigger.received.elapsed());
+            return answer;
+        }
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
@@ -121,11 +155,8 @@ impl Inference {
             ms(frame.captured.saturating_duration_since(trigger.received));
         let t0 = Instant::now();
         let (w, h) = frame.image.dimensions();
-        self.input.resize(self.pre.size() * self.pre.size() * 3, 0);
-        if let Err(e) = self
-            .pre
-            .resize_rgb(frame.image.as_raw(), w, h, &mut self.input)
-        {
+        self.input.resize(pre.size() * pre.size() * 3, 0);
+        if let Err(e) = pre.resize_rgb(frame.image.as_raw(), w, h, &mut self.input) {
             answer.error = Some(e.to_string());
             answer.latency_ms.total = ms(trigger.received.elapsed());
             return answer;
@@ -134,7 +165,7 @@ impl Inference {
         let t1 = Instant::now();
         let ran = {
             let _busy = self.monitor.as_ref().map(|m| m.busy(Stage::Inference));
-            self.engine.run_into(&self.input, 1, &mut self.maps)
+            model.engine.run_into(&self.input, 1, &mut self.maps)
         };
         if let Err(e) = ran {
             answer.error = Some(format!("inference failed: {e}"));
@@ -157,7 +188,7 @@ impl Inference {
         let judged = judge(
             maps,
             part,
-            &self.calibration,
+            &model.calibration,
             &mut self.combined,
             self.heatmaps.as_mut(),
         );
@@ -169,7 +200,7 @@ impl Inference {
         }
         if let Some(m) = &self.monitor {
             m.live
-                .offer(&frame.image, &self.calibration.inspected, self.maps.size);
+                .offer(&frame.image, &model.calibration.inspected, self.maps.size);
         }
         answer.latency_ms.maps = judged.maps_ms;
         answer.verdict = judged.verdict;
@@ -186,7 +217,8 @@ impl Inference {
                 score: judged.score,
                 time: answer.trigger_time.clone(),
                 input: self.input.clone(),
-                input_size: self.pre.size(),
+                input_size: pre.size(),
+                threshold: model.calibration.threshold,
                 map: self.combined.clone(),
                 map_size: self.maps.size,
             });
@@ -198,8 +230,8 @@ impl Inference {
 /// Everything a pipeline run needs.
 pub struct Pipeline {
     pub source: Box<dyn FrameSource>,
-    pub engine: Engine,
-    pub calibration: Calibration,
+    /// The first is the default model.
+    pub models: Vec<LineModel>,
     pub heatmaps: Option<HeatmapSink>,
     pub options: PipelineOptions,
     /// Live counters for `--http` and the watchdog.
@@ -216,17 +248,22 @@ impl Pipeline {
         out: &mut dyn Write,
         each: &mut dyn FnMut(&Answer),
     ) -> std::io::Result<Summary> {
-        let size = self.engine.input_size();
         let capture = Capture::new(self.source, self.options, self.monitor.clone());
         let free = matches!(mode, Mode::FreeRun);
         let (job_tx, job_rx) = bounded::<Job>(if free { 1 } else { 4 });
         let (answer_tx, answer_rx) = bounded::<Answer>(16);
         let (drop_tx, drop_rx) = crossbeam_channel::unbounded::<()>();
+        let models = self
+            .models
+            .into_iter()
+            .map(|m| {
+                let pre = Preprocessor::new(m.engine.input_size());
+                (m, pre)
+            })
+            .collect();
         let mut inference = Inference {
-            engine: self.engine,
-            calibration: self.calibration,
+            models,
             heatmaps: self.heatmaps,
-            pre: Preprocessor::new(size),
             input: Vec::new(),
             maps: RawMaps::default(),
             combined: Vec::new(),

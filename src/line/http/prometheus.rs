@@ -109,6 +109,21 @@ pub fn prometheus(monitor: &Monitor, s: &Snapshot) -> String {
         "# HELP efficientad_uptime_seconds Time since the run started.\n# TYPE efficientad_uptime_seconds gauge\nefficientad_uptime_seconds {:.3}",
         monitor.started.elapsed().as_secs_f64()
     );
+    if !s.per_model.is_empty() {
+        let _ = writeln!(
+            o,
+            "# HELP efficientad_model_answers_total Answers per model and verdict (a run with several models).\n# TYPE efficientad_model_answers_total counter"
+        );
+        for (model, counts) in &s.per_model {
+            for (verdict, n) in ["OK", "NG", "ERROR"].iter().zip(counts) {
+                let _ = writeln!(
+                    o,
+                    "efficientad_model_answers_total{{model=\"{}\",verdict=\"{verdict}\"}} {n}",
+                    label(model)
+                );
+            }
+        }
+    }
     let _ = writeln!(
         o,
         "# HELP efficientad_live_frames_total Frames copied for /frame.png (only while someone looks).\n# TYPE efficientad_live_frames_total counter\nefficientad_live_frames_total {}",

@@ -93,6 +93,7 @@ mod tests {
                 },
                 heatmap: None,
                 error: None,
+                model: None,
             });
         }
         assert!(

@@ -46,6 +46,17 @@ pub struct Answer {
     pub heatmap: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The model that judged the part, in a run with several models (`run --model NAME=DIR`
+    /// given more than once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelTag>,
+}
+
+/// Which model judged a part: its name and the first 12 hex digits of its graph's sha256.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelTag {
+    pub name: String,
+    pub sha256: String,
 }
 
 /// Writes one JSON value per line and flushes it, so the bridge sees each answer at once.

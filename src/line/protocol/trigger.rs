@@ -68,6 +68,9 @@ pub struct Trigger {
     pub received_at: SystemTime,
     /// Why the line is not a valid trigger (answered with ERROR).
     pub invalid: Option<String>,
+    /// The model a JSON trigger names (`"model": "NAME"`, a run with several models); None:
+    /// the run's default.
+    pub model: Option<String>,
 }
 
 impl Trigger {
@@ -84,14 +87,23 @@ impl Trigger {
             received,
             received_at,
             invalid: None,
+            model: None,
         }
     }
 
     /// A trigger line read now, valid or not.
     pub fn from_line(seq: u64, line: &[u8], truncated: bool) -> Self {
-        let (id, invalid) = parse_line(line, truncated);
+        let (id, mut invalid) = parse_line(line, truncated);
+        let model = match invalid {
+            None => parse_model(line).unwrap_or_else(|reason| {
+                invalid = Some(reason);
+                None
+            }),
+            Some(_) => None,
+        };
         Self {
             invalid,
+            model,
             ..Self::new(seq, id)
         }
     }
@@ -102,6 +114,27 @@ impl Trigger {
 struct JsonTrigger<'a> {
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
+}
+
+/// The `model` member of a JSON trigger line (None without one, or for a bare id); an error
+/// when it is not a string. Called on lines [`parse_line`] accepted.
+fn parse_model(line: &[u8]) -> Result<Option<String>, String> {
+    #[derive(Deserialize)]
+    struct ModelMember {
+        #[serde(default)]
+        model: Option<serde_json::Value>,
+    }
+    let text = std::str::from_utf8(line).unwrap_or("").trim();
+    if !text.starts_with('{') {
+        return Ok(None);
+    }
+    match serde_json::from_str::<ModelMember>(text).map(|m| m.model) {
+        Ok(None | Some(serde_json::Value::Null)) | Err(_) => Ok(None),
+        Ok(Some(serde_json::Value::String(name))) => Ok(Some(name)),
+        Ok(Some(other)) => Err(format!(
+            "trigger model must be a string naming a model, got {other}"
+        )),
+    }
 }
 
 /// Parses one line (without its newline) into `(id, invalid reason)`.
@@ -194,6 +227,19 @@ pub fn read_triggers(mut input: impl BufRead, mut emit: impl FnMut(Trigger) -> b
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_trigger_may_name_a_model_as_a_string() {
+        let t = all(
+            b"{\"id\": 1, \"model\": \"part-b\"}\n{\"id\": 2}\nbare\n{\"id\": 3, \"model\": 7}\n",
+        );
+        assert_eq!(t[0].model.as_deref(), Some("part-b"));
+        assert!(t[0].invalid.is_none());
+        assert_eq!((t[1].model.as_deref(), t[2].model.as_deref()), (None, None));
+        assert!(t[3].model.is_none());
+        let why = t[3].invalid.as_deref().unwrap_or("");
+        assert!(why.starts_with("trigger model must be a string"), "{why}");
+    }
 
     fn all(input: &[u8]) -> Vec<Trigger> {
         let mut out = Vec::new();
