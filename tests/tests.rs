@@ -7,6 +7,7 @@ mod bench;
 mod calibrate;
 mod cameras;
 mod capture;
+mod changeover;
 mod datasets;
 mod demo;
 mod eval;
