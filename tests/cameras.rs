@@ -1,31 +1,16 @@
 //! Cameras: the fake GigE Vision camera through aravis, and a USB source without a device.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::util::*;
 
 #[test]
 fn gige_fake_camera_answers_software_triggers_one_for_one() {
-    for tool in ["unshare", "ip", "arv-fake-gv-camera-0.8"] {
-        assert!(
-            have(tool),
-            "{tool} is missing: install iproute2, util-linux and aravis-tools (.ci/run does)"
-        );
-    }
     let dir = temp_dir("gige");
-    // The fake camera and the runtime share a private network namespace with only loopback,
-    // so discovery broadcasts reach nothing else; the camera is stopped by its PID.
-    let script = format!(
-        r#"set -e
-ip link set lo up
-arv-fake-gv-camera-0.8 -i 127.0.0.1 > {d}/camera.log 2>&1 &
-CAM=$!
-trap 'kill $CAM 2>/dev/null; wait $CAM 2>/dev/null || true' EXIT
-sleep 1.5
-{bin} doctor > {d}/doctor.txt 2>&1
+    let commands = format!(
+        r#"{bin} doctor > {d}/doctor.txt 2>&1
 printf 'g1\n{{"id": "g2"}}\ng3\ng4\n' | {bin} run --provider cpu --model {m} --calibration {c} --source gige:first --gige-stream {first_stream} > {d}/answers.txt 2> {d}/run.err
-printf 'p1\np2\n' | {bin} run --provider cpu --model {m} --calibration {c} --source gige:first --gige-pixel-format BayerRG8 --gige-stream socket > {d}/bayer.txt 2> {d}/bayer.err
-"#,
+printf 'p1\np2\n' | {bin} run --provider cpu --model {m} --calibration {c} --source gige:first --gige-pixel-format BayerRG8 --gige-stream socket > {d}/bayer.txt 2> {d}/bayer.err"#,
         d = dir.display(),
         bin = efficientad_shell(),
         // Natively (as root) the first run receives through aravis's packet socket and the
@@ -34,7 +19,7 @@ printf 'p1\np2\n' | {bin} run --provider cpu --model {m} --calibration {c} --sou
         m = small_bundle().display(),
         c = small_calibration().display(),
     );
-    let output = run(Command::new("unshare").args(["-n", "sh", "-c", &script]));
+    let output = with_fake_gige_camera(&dir, &commands);
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
     assert!(
         output.status.success(),

@@ -214,26 +214,13 @@ fn capture_answers_each_trigger_line_and_stops_cleanly_on_sigterm() {
 
 #[test]
 fn capture_from_the_fake_gige_camera_fills_the_dataset_layout() {
-    for tool in ["unshare", "ip", "arv-fake-gv-camera-0.8"] {
-        assert!(
-            have(tool),
-            "{tool} is missing: install iproute2, util-linux and aravis-tools (.ci/run does)"
-        );
-    }
     let dir = temp_dir("capture-gige");
-    let script = format!(
-        r#"set -e
-ip link set lo up
-arv-fake-gv-camera-0.8 -i 127.0.0.1 > {d}/camera.log 2>&1 &
-CAM=$!
-trap 'kill $CAM 2>/dev/null; wait $CAM 2>/dev/null || true' EXIT
-sleep 1.5
-{bin} capture --source gige:first --gige-stream socket --count 3 --every 100 --split validation=0.34 --out {d}/out 2> {d}/capture.err
-"#,
+    let commands = format!(
+        "{bin} capture --source gige:first --gige-stream socket --count 3 --every 100 --split validation=0.34 --out {d}/out 2> {d}/capture.err",
         d = dir.display(),
         bin = efficientad_shell(),
     );
-    let output = run(Command::new("unshare").args(["-n", "sh", "-c", &script]));
+    let output = with_fake_gige_camera(&dir, &commands);
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
     assert!(
         output.status.success(),

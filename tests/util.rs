@@ -432,3 +432,27 @@ pub fn sample(metrics: &str, name_and_labels: &str) -> f64 {
         .parse()
         .expect("number")
 }
+
+/// Runs the shell `commands` beside the fake GigE camera (aravis's `arv-fake-gv-camera`), both
+/// in a private network namespace with only loopback, so discovery broadcasts reach nothing
+/// else; the camera's log goes to `dir/camera.log` and it is stopped by its PID at the end.
+pub fn with_fake_gige_camera(dir: &Path, commands: &str) -> Output {
+    for tool in ["unshare", "ip", "arv-fake-gv-camera-0.8"] {
+        assert!(
+            have(tool),
+            "{tool} is missing: install iproute2, util-linux and aravis-tools (.ci/run does)"
+        );
+    }
+    let script = format!(
+        r#"set -e
+ip link set lo up
+arv-fake-gv-camera-0.8 -i 127.0.0.1 > {d}/camera.log 2>&1 &
+CAM=$!
+trap 'kill $CAM 2>/dev/null; wait $CAM 2>/dev/null || true' EXIT
+sleep 1.5
+{commands}
+"#,
+        d = dir.display(),
+    );
+    run(Command::new("unshare").args(["-n", "sh", "-c", &script]))
+}
