@@ -6,7 +6,7 @@
 //!
 //! - [`model`]: the bundle, ONNX Runtime and its sessions, input preparation;
 //! - [`judge`]: maps → score → verdict, the calibration file, the inspection region;
-//! - [`line`]: cameras, the streaming pipeline, the PLC protocol, supervision;
+//! - [`line`](mod@line): cameras, the streaming pipeline, the PLC protocol, supervision;
 //! - [`offline`]: image files, datasets, metrics, evaluation, heatmap reports;
 //! - [`quantize`]: int8 bundles;
 //! - [`log`]: stderr that never stops a run.

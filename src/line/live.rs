@@ -3,8 +3,8 @@
 //! draw it (outside: the image dimmed).
 //!
 //! It costs nothing when nobody looks: the pipeline copies a frame only while someone has
-//! asked for one within [`VIEW_WINDOW`], and at most every [`INTERVAL`]; the PNG is encoded on
-//! the HTTP thread that asks.
+//! asked for one within [`VIEW_WINDOW_MS`], and at most every [`INTERVAL_MS`]; the PNG is
+//! encoded on the HTTP thread that asks.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
