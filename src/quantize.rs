@@ -6,8 +6,9 @@
 //! 2. Ranges are chosen from the histograms (a two-sided percentile, 100 = min–max) and the
 //!    graph is rewritten by [`rewrite`].
 //! 3. The new bundle is written (model.json records the precision, the source model's sha256,
-//!    the images and the rule) and checked: ONNX Runtime opens it through the same [`Engine`](crate::model::engine::Engine)
-//!    as every command, and its maps are compared with the fp32 maps on calibration images.
+//!    the images and the rule) and checked: ONNX Runtime opens it through the same
+//!    [`Engine`](crate::model::engine::Engine) as every command, and its maps are compared
+//!    with the fp32 maps on calibration images.
 
 mod measure;
 pub mod ranges;
