@@ -2,7 +2,7 @@
 //! `fit` and `calibrate` read. Timed (`--every`) or one frame per trigger line on stdin,
 //! answered in JSON lines like `run` (a PLC bridge can say "capture now").
 
-use std::io::{BufReader, Write};
+use std::io::BufReader;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use crossbeam_channel::{RecvTimeoutError, unbounded};
 use efficientad::line::capture::{Collector, Saved};
-use efficientad::line::protocol::{FrameInfo, TriggerId, read_triggers};
+use efficientad::line::protocol::{FrameInfo, JsonLines, TriggerId, read_triggers};
 use efficientad::line::source::{FrameSource, SourceError};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -75,12 +75,6 @@ struct CaptureAnswer {
     error: Option<String>,
 }
 
-/// Counts of a capture run.
-#[derive(Default)]
-struct Tally {
-    errors: u64,
-}
-
 pub fn run(args: CaptureArgs) -> anyhow::Result<Outcome> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -94,9 +88,10 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<Outcome> {
         args.out.display()
     );
     let timeout = Duration::from_millis(args.camera.frame_timeout_ms);
-    let tally = match args.trigger {
+    // Frames that could not be taken or written.
+    let errors = match args.trigger {
         Some(CaptureTrigger::Stdin) => {
-            triggered(&args, source.as_mut(), &mut collector, &stop, timeout)?
+            triggered(&args, source.as_mut(), &mut collector, &stop, timeout)
         }
         None => timed(&args, source.as_mut(), &mut collector, &stop, timeout),
     };
@@ -106,13 +101,13 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<Outcome> {
         args.out.display(),
         collector.train,
         collector.validation,
-        if tally.errors > 0 {
-            format!(", {} failed", tally.errors)
+        if errors > 0 {
+            format!(", {errors} failed")
         } else {
             String::new()
         }
     );
-    Ok(match (args.trigger, tally.errors) {
+    Ok(match (args.trigger, errors) {
         // As with `run`: triggered answers carry their own errors.
         (Some(_), _) | (None, 0) => Outcome::Success,
         (None, _) => Outcome::SomeErrors,
@@ -161,7 +156,7 @@ fn timed(
     collector: &mut Collector,
     stop: &AtomicBool,
     timeout: Duration,
-) -> Tally {
+) -> u64 {
     let bar = match args.count {
         Some(n) => ProgressBar::new(n).with_style(
             ProgressStyle::with_template("capture [{bar:30}] {pos}/{len} eta {eta}")
@@ -169,7 +164,7 @@ fn timed(
         ),
         None => ProgressBar::new_spinner(),
     };
-    let mut tally = Tally::default();
+    let mut errors = 0;
     let every = Duration::from_millis(args.every.unwrap_or(0));
     let mut next = Instant::now();
     while !stop.load(Ordering::SeqCst)
@@ -192,13 +187,13 @@ fn timed(
             }
             Err(SourceOrWrite::Source(SourceError::Exhausted)) => break,
             Err(e) => {
-                tally.errors += 1;
+                errors += 1;
                 bar.suspend(|| efficientad::log_line!("efficientad: frame not captured: {e}"));
             }
         }
     }
     bar.finish_and_clear();
-    tally
+    errors
 }
 
 fn triggered(
@@ -207,15 +202,15 @@ fn triggered(
     collector: &mut Collector,
     stop: &AtomicBool,
     timeout: Duration,
-) -> anyhow::Result<Tally> {
+) -> u64 {
     let (tx, rx) = unbounded();
     std::thread::spawn(move || {
         read_triggers(BufReader::new(std::io::stdin()), |t| tx.send(t).is_ok());
     });
     efficientad::log_line!("efficientad: ready; one frame per line on stdin");
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut tally = Tally::default();
+    let mut lines = JsonLines::new(stdout.lock());
+    let mut errors = 0;
     let mut taken = 0u64;
     while !stop.load(Ordering::SeqCst) && args.count.is_none_or(|n| taken < n) {
         let trigger = match rx.recv_timeout(Duration::from_millis(100)) {
@@ -247,13 +242,12 @@ fn triggered(
             }
         }
         if answer.error.is_some() {
-            tally.errors += 1;
+            errors += 1;
         }
-        let line = serde_json::to_string(&answer)?;
-        if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        if !lines.write(&answer) {
             efficientad::log_line!("efficientad: stopping: stdout is gone");
             break;
         }
     }
-    Ok(tally)
+    errors
 }
