@@ -11,24 +11,43 @@ pub fn root() -> PathBuf {
         .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
 }
 
-/// The datasets folder (`mtd/`, `imagenet-sample/`, and `../weights/` beside it):
-/// `EFFICIENTAD_SHARED_DATA`, else `../shared/data` beside the workspace. Fails loudly if it
-/// is missing (`.ci/run` finds or fetches it; README, Tests).
+/// The committed fixtures: a small MTD subset in the MVTec layout (`mtd/`, with masks) and a
+/// few ImageNet sample images (`imagenet-sample/`), chosen by `scripts/make-fixtures` as the
+/// first files of each folder, so a test taking the first n files sees the same ones as on the
+/// full data. Every workspace test reads these; nothing outside the repository is needed.
+pub fn fixtures() -> PathBuf {
+    root().join("tests/fixtures")
+}
+
+/// The committed MTD subset (see [`fixtures`]).
+pub fn mtd() -> PathBuf {
+    fixtures().join("mtd")
+}
+
+/// The committed penalty / distillation images (see [`fixtures`]).
+pub fn penalty_images() -> PathBuf {
+    fixtures().join("imagenet-sample")
+}
+
+/// The full datasets, for the dataset stage only (tests marked `#[ignore = "dataset stage…"]`,
+/// run by `.ci/run` with `--ignored`): `EFFICIENTAD_SHARED_DATA`, else `../shared/data` beside
+/// the workspace, holding `mtd/` and `imagenet-sample/` with `../weights/` beside it. Fails
+/// loudly, naming the command that gets them, if they are missing.
 pub fn shared_data() -> PathBuf {
     let dir = std::env::var_os("EFFICIENTAD_SHARED_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("../shared/data"));
     assert!(
         dir.join("mtd").is_dir(),
-        "the datasets are missing: expected {} (with mtd/ inside); get them with `scripts/fetch-datasets DIR` and set EFFICIENTAD_SHARED_DATA=DIR/data",
+        "the datasets are missing: expected {} (with mtd/ inside); get them with `python3 scripts/fetch-datasets DIR` and set EFFICIENTAD_SHARED_DATA=DIR/data",
         dir.display()
     );
     dir
 }
 
-/// The Magnetic Tile Defect dataset in the MVTec layout.
-pub fn mtd() -> PathBuf {
-    shared_data().join("mtd")
+/// The full EfficientNet-Lite0 feature backbone of the dataset stage (see [`shared_data`]).
+pub fn lite0_backbone() -> PathBuf {
+    shared_data().join("../weights/efficientnet_lite0_features.onnx")
 }
 
 /// A fresh, empty temporary folder for one test (unique per test process).

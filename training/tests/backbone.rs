@@ -7,6 +7,7 @@ use std::process::Command;
 use crate::util::*;
 
 #[test]
+#[ignore = "dataset stage: compares with the development backbone and its 1000-image record (.ci/run runs it with --ignored)"]
 fn converted_lite0_matches_the_development_backbone() {
     let dir = temp_dir("convert-backbone");
     let out = dir.join("lite0.onnx");
@@ -57,7 +58,7 @@ print(worst)
         .arg("-c")
         .arg(compare)
         .arg(&out)
-        .arg(shared_data().join("../weights/efficientnet_lite0_features.onnx"))
+        .arg(lite0_backbone())
         .arg(shared_data().join("mtd/test/crack"))
         .arg(shared_data().join("imagenet-sample"))
         .output()

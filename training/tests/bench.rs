@@ -8,25 +8,21 @@ use crate::util::*;
 /// PyTorch comparison it says why and reports Burn's figures alone.
 #[test]
 fn bench_prints_one_json_line_with_burn_timings() {
-    let shared = shared_data();
-    // One bench step of each kind on the shared data; `extra` after the common arguments.
+    // One bench step of each kind on the fixtures; `extra` after the common arguments.
     let bench = |extra: &[&str], backbone: &std::path::Path| {
         Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
             .args(["bench", "--steps", "1", "--no-torch", "--json"])
             .args(extra)
             .arg("--dataset")
-            .arg(shared.join("mtd"))
+            .arg(mtd())
             .arg("--images")
-            .arg(shared.join("imagenet-sample"))
+            .arg(penalty_images())
             .arg("--backbone")
             .arg(backbone)
             .output()
             .expect("run efficientad-train bench")
     };
-    let output = bench(
-        &["--distill-batch", "1"],
-        &shared.join("../weights/efficientnet_lite0_features.onnx"),
-    );
+    let output = bench(&["--distill-batch", "1"], &tiny_backbone());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -266,7 +266,7 @@ fn pairwise_auroc(scores: &[(f32, bool)]) -> f64 {
 #[test]
 fn fit_eval_every_logs_test_quality_of_the_checked_model() {
     let (teacher, dataset, penalty) = tiny_setup("fit-eval", true);
-    let mtd = shared_data().join("mtd");
+    let mtd = mtd();
     for (folder, n) in [("good", 3), ("crack", 3)] {
         let copied = copy_first(
             &mtd.join("test").join(folder),

@@ -1,5 +1,5 @@
 //! `efficientad-train gauge` against an independent NumPy/scikit-learn computation
-//! (`gauge_reference.py`) on a small MTD subset with the real EfficientNet-Lite0 backbone.
+//! (`gauge_reference.py`) on a small MTD subset with the seeded test backbone (`util::tiny_backbone`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,7 +27,7 @@ fn resized_copy(from: &Path, to: &Path, size: u32, mask: bool) {
 
 /// 4 train images, 3 good and 3 crack test images (masks included).
 fn small_dataset(dir: &Path, size: u32) -> PathBuf {
-    let mtd = shared_data().join("mtd");
+    let mtd = mtd();
     let dataset = dir.join("mtd");
     let png = |p: &Path, folder: &str| {
         let stem = p.file_stem().expect("stem").to_string_lossy().into_owned();
@@ -63,7 +63,7 @@ fn gauge_of_a_target_agrees_with_numpy_and_scikit_learn() {
     let dir = temp_dir("gauge-reference");
     let size = 128;
     let dataset = small_dataset(&dir, size);
-    let backbone = shared_data().join("../weights/efficientnet_lite0_features.onnx");
+    let backbone = tiny_backbone();
     for normalize in [false, true] {
         let mut command = Command::new(env!("CARGO_BIN_EXE_efficientad-train"));
         command
@@ -141,7 +141,7 @@ fn gauge_of_a_target_agrees_with_numpy_and_scikit_learn() {
 #[test]
 fn backbone_outputs_script_rewires_the_feature_outputs() {
     let dir = temp_dir("backbone-outputs");
-    let backbone = shared_data().join("../weights/efficientnet_lite0_features.onnx");
+    let backbone = tiny_backbone();
     let script = root().join("scripts/backbone-outputs");
     let make = |fine: &str, coarse: &str, out: &Path| {
         let output = Command::new("python3")
@@ -159,7 +159,7 @@ fn backbone_outputs_script_rewires_the_feature_outputs() {
     };
     let (same, stages) = (dir.join("same.onnx"), dir.join("stages.onnx"));
     make("feat_s8", "feat_s16", &same);
-    make("blocks.4.out", "blocks.10.out", &stages);
+    make("blocks.2.conv", "blocks.3.conv", &stages);
     let image: Vec<f32> = (0..3 * 64 * 64).map(|i| (i % 251) as f32 / 251.0).collect();
     let targets = |path: &Path| {
         efficientad_training::train::distill::Backbone::open(path)

@@ -66,7 +66,8 @@ def resize_weights(src, dst):
 
 
 def target(path):
-    fine, coarse, _ = session.run(None, {"image": image(path)[None]})
+    # The first two outputs, as the Rust side takes them (a classifier head, if any, is ignored).
+    fine, coarse = session.run(None, {"image": image(path)[None]})[:2]
     uf, uc = unfold3(fine[0].astype(np.float64)), unfold3(coarse[0].astype(np.float64))
     (h, w), (hc, wc) = uf.shape[:2], uc.shape[:2]
     up = np.einsum("yi,xj,ijc->yxc", resize_weights(hc, h), resize_weights(wc, w), uc)

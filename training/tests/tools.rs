@@ -21,7 +21,7 @@ fn demo_samples_are_a_seeded_random_draw_from_the_test_split() {
                 seed,
             ])
             .arg("--dataset")
-            .arg(shared_data().join("mtd"))
+            .arg(mtd())
             .arg("--out")
             .arg(dir.join(out))
             .output()
@@ -53,10 +53,7 @@ fn demo_samples_are_a_seeded_random_draw_from_the_test_split() {
     assert_eq!(a.iter().filter(|f| f.starts_with("good/")).count(), 2);
     assert_eq!(a.len(), 5);
     for f in &a {
-        assert!(
-            shared_data().join("mtd/test").join(f).is_file(),
-            "{f} is a test image"
-        );
+        assert!(mtd().join("test").join(f).is_file(), "{f} is a test image");
     }
 }
 

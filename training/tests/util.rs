@@ -46,7 +46,7 @@ pub fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
 /// The first `n` test images of MTD, taken round-robin over its defect folders and `good`, so
 /// a batch mixes normal and defective parts of different sizes.
 pub fn mtd_images(n: usize) -> Vec<PathBuf> {
-    let test = shared_data().join("mtd/test");
+    let test = mtd().join("test");
     let mut folders: Vec<PathBuf> = std::fs::read_dir(&test)
         .unwrap_or_else(|e| panic!("reading {}: {e}", test.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -346,7 +346,7 @@ pub fn tiny_setup(
     let teacher_path = dir.join("teacher.bpk");
     checkpoint::save_teacher(&teacher, &info, &teacher_path).expect("save teacher");
     let dataset = dir.join("data");
-    let mtd = shared_data().join("mtd");
+    let mtd = mtd();
     let copy = |from: &str, to: &str, n: usize| {
         copy_first(&mtd.join(from), &dataset.join(to), n);
     };
@@ -355,7 +355,7 @@ pub fn tiny_setup(
         copy("validation/good", "validation/good", 3);
     }
     let penalty = dir.join("penalty");
-    copy_first(&shared_data().join("imagenet-sample"), &penalty, 3);
+    copy_first(&penalty_images(), &penalty, 3);
     (teacher_path, dataset, penalty)
 }
 
@@ -419,7 +419,7 @@ pub fn distill_command(images: &std::path::Path, out: &std::path::Path) -> Comma
     command
         .arg("distill-teacher")
         .arg("--backbone")
-        .arg(shared_data().join("../weights/efficientnet_lite0_features.onnx"))
+        .arg(tiny_backbone())
         .arg("--images")
         .arg(images)
         .arg("--out")
@@ -454,4 +454,104 @@ pub fn normalized_teacher(model: &EfficientAd, chw: &[f32], device: &Device) -> 
         .enumerate()
         .map(|(i, v)| (v - mean[i / plane]) / std[i / plane])
         .collect()
+}
+
+/// A small backbone with the real one's contract, generated from a fixed seed: input `image`
+/// `[N, 3, H, W]`, outputs `feat_s8` `[N, 48, H/8, W/8]` and `feat_s16` `[N, 96, H/16, W/16]`
+/// (four stride-2 3x3 convolutions with ReLU, He-uniform weights from SplitMix64). The
+/// workspace tests distil from it instead of the 18 MB EfficientNet-Lite0, which only the
+/// dataset stage reads. Intermediate tensors `blocks.K.conv` (before the ReLU) can be selected
+/// as other feature outputs. Written once per test process.
+pub fn tiny_backbone() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = temp_dir("tiny-backbone").join("tiny-backbone.onnx");
+        std::fs::write(&path, tiny_backbone_bytes(0x5eed))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
+    })
+    .clone()
+}
+
+fn tiny_backbone_bytes(seed: u64) -> Vec<u8> {
+    use efficientad::model::onnx_proto::{self as proto, Attr, DataType, Dim};
+    let mut state = seed;
+    // SplitMix64 → uniform in [-1, 1).
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    };
+    let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let layers = [
+        (3, 16, "blocks.0.out"),
+        (16, 24, "blocks.1.out"),
+        (24, 48, "feat_s8"),
+        (48, 96, "feat_s16"),
+    ];
+    let (mut nodes, mut inits) = (Vec::new(), Vec::new());
+    let mut input = "image".to_string();
+    for (k, (cin, cout, out)) in layers.into_iter().enumerate() {
+        let bound = (6.0 / (cin * 9) as f32).sqrt();
+        let w: Vec<f32> = (0..cout * cin * 9).map(|_| bound * uniform()).collect();
+        let b: Vec<f32> = (0..cout).map(|_| 0.1 * uniform()).collect();
+        let (wn, bn, conv) = (
+            format!("blocks.{k}.w"),
+            format!("blocks.{k}.b"),
+            format!("blocks.{k}.conv"),
+        );
+        inits.push(proto::tensor(
+            &wn,
+            &[cout, cin, 3, 3],
+            DataType::Float,
+            &bytes(&w),
+        ));
+        inits.push(proto::tensor(&bn, &[cout], DataType::Float, &bytes(&b)));
+        nodes.push(proto::node(
+            "Conv",
+            &format!("blocks.{k}/Conv"),
+            &[&input, &wn, &bn],
+            &[&conv],
+            &[
+                Attr::Ints("kernel_shape", vec![3, 3]),
+                Attr::Ints("strides", vec![2, 2]),
+                Attr::Ints("pads", vec![1, 1, 1, 1]),
+            ],
+        ));
+        nodes.push(proto::node(
+            "Relu",
+            &format!("blocks.{k}/Relu"),
+            &[&conv],
+            &[out],
+            &[],
+        ));
+        input = out.to_string();
+    }
+    let image = proto::value_info(
+        "image",
+        DataType::Float,
+        &[
+            Dim::Named("N"),
+            Dim::Fixed(3),
+            Dim::Named("H"),
+            Dim::Named("W"),
+        ],
+    );
+    let outputs = [("feat_s8", 48), ("feat_s16", 96)].map(|(name, c)| {
+        proto::value_info(
+            name,
+            DataType::Float,
+            &[
+                Dim::Named("N"),
+                Dim::Fixed(c),
+                Dim::Named("h"),
+                Dim::Named("w"),
+            ],
+        )
+    });
+    let graph = proto::graph("tiny-backbone", &nodes, &inits, &[image], &outputs);
+    proto::model(8, 17, "efficientad tests", "1", &graph, &[])
 }

@@ -153,7 +153,7 @@ fn wgpu_fit_steps_equal_the_cpu_backend_and_export_to_onnx_runtime() {
 fn wgpu_distillation_step_equals_the_cpu_backend() {
     let dir = temp_dir("wgpu-distill");
     let images = dir.join("images");
-    copy_first(&shared_data().join("imagenet-sample"), &images, 3);
+    copy_first(&penalty_images(), &images, 3);
     let mut teachers = Vec::new();
     // The start (0 steps, on the CPU), then one step on each device.
     for (device, steps) in [("cpu", "0"), ("cpu", "1"), ("wgpu", "1")] {
