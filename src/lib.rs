@@ -24,3 +24,8 @@ pub mod quantize;
 pub fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
+
+/// The underlying error an error of this crate wraps when it can come from more than one
+/// library (an I/O error or an image decoder's, …): kept as the `source`, so `{:#}` and error
+/// reporters show the whole chain. Where only one library can fail the field has its type.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;

@@ -72,8 +72,8 @@ pub enum QuantizeError {
     NoImages { tried: usize, first: String },
     #[error("calibration image {path}: {reason}")]
     Activations { path: PathBuf, reason: String },
-    #[error("cannot write {path}: {reason}")]
-    Write { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: crate::Cause },
     #[error(
         "--out {out} is the bundle being quantized ({model}); writing there would replace the fp32 model with its int8 copy; give another folder, e.g. {model}-int8"
     )]
@@ -136,26 +136,26 @@ pub struct Sensitivity {
     pub ae_error: f64,
 }
 
-fn write_err(path: &Path, e: &dyn std::fmt::Display) -> QuantizeError {
+fn write_err(path: &Path, e: impl Into<crate::Cause>) -> QuantizeError {
     QuantizeError::Write {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source: e.into(),
     }
 }
 
 /// Writes `dir`'s model.json.
 fn write_info(dir: &Path, info: &ModelInfo) -> Result<(), QuantizeError> {
     let info_path = dir.join(INFO_FILE);
-    let text = serde_json::to_string_pretty(info).map_err(|e| write_err(&info_path, &e))?;
-    std::fs::write(&info_path, text + "\n").map_err(|e| write_err(&info_path, &e))
+    let text = serde_json::to_string_pretty(info).map_err(|e| write_err(&info_path, e))?;
+    std::fs::write(&info_path, text + "\n").map_err(|e| write_err(&info_path, e))
 }
 
 /// Writes `bytes` as a bundle in `dir` with `info` (its hash and precision updated) and opens
 /// it as every command does.
 fn write_bundle(dir: &Path, bytes: &[u8], info: &mut ModelInfo) -> Result<Bundle, QuantizeError> {
-    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, &e))?;
+    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
     let onnx_path = dir.join(MODEL_FILE);
-    std::fs::write(&onnx_path, bytes).map_err(|e| write_err(&onnx_path, &e))?;
+    std::fs::write(&onnx_path, bytes).map_err(|e| write_err(&onnx_path, e))?;
     info.model_sha256 = sha256_hex(bytes);
     info.precision = INT8.into();
     write_info(dir, info)?;
@@ -215,7 +215,7 @@ pub fn quantize(
     files.truncate(options.max_images.max(1));
     let bytes = std::fs::read(&source.onnx_path).map_err(|e| BundleError::Read {
         path: source.onnx_path.clone(),
-        reason: e.to_string(),
+        source: e,
     })?;
     let model = Model::decode(&bytes).map_err(|source_err| QuantizeError::Decode {
         path: source.onnx_path.clone(),

@@ -92,6 +92,7 @@ fn several_models_judge_the_triggers_that_name_them() {
     }
     let unknown = &answers[3];
     assert_eq!(unknown["verdict"], "ERROR");
+    assert_eq!(unknown["error_kind"], "unknown_model", "{unknown}");
     let error = unknown["error"].as_str().unwrap_or("");
     assert!(
         error.contains("gamma") && error.contains("alpha, beta"),

@@ -70,6 +70,7 @@ fn every_trigger_gets_one_answer_in_order_even_malformed_ones() {
                     answer["error"].as_str().is_some_and(|e| e.contains(needle)),
                     "{answer}"
                 );
+                assert_eq!(answer["error_kind"], "trigger", "{answer}");
             }
             None => {
                 frames_seen += 1;
@@ -82,7 +83,9 @@ fn every_trigger_gets_one_answer_in_order_even_malformed_ones() {
                             .is_some_and(|e| e.contains("zz_broken.jpg")),
                         "{answer}"
                     );
+                    assert_eq!(answer["error_kind"], "bad_frame", "{answer}");
                 } else {
+                    assert!(answer.get("error_kind").is_none(), "{answer}");
                     assert!(
                         answer["verdict"] == "OK" || answer["verdict"] == "NG",
                         "{answer}"
@@ -134,6 +137,7 @@ fn a_lost_source_gives_errors_then_reconnects_and_recovers() {
                 .is_some_and(|e| e.contains("camera unavailable")),
             "{answer}"
         );
+        assert_eq!(answer["error_kind"], "camera_unavailable", "{answer}");
     }
     std::fs::rename(&away, &source).expect("bring it back");
     std::thread::sleep(std::time::Duration::from_millis(1500));

@@ -77,6 +77,8 @@ fn region_decides_score_verdict_and_heatmap_on_hand_made_maps() {
     let judged = judge(maps, tiny, &calibration, &mut combined, None);
     assert_eq!(judged.verdict, Verdict::Error);
     let e = judged.error.expect("a reason");
+    assert_eq!(e.kind().as_str(), "no_region");
+    let e = e.to_string();
     assert!(
         e.contains("covers no map cell") && e.contains("150x150"),
         "{e}"
@@ -97,7 +99,9 @@ fn region_decides_score_verdict_and_heatmap_on_hand_made_maps() {
         None,
     );
     assert_eq!(judged.verdict, Verdict::Error);
-    assert!(judged.error.expect("a reason").contains("NaN"));
+    let e = judged.error.expect("a reason");
+    assert_eq!(e.kind().as_str(), "nan_map");
+    assert!(e.to_string().contains("NaN"));
 }
 
 /// `calibrate --ignore-border --roi` on real maps: quantiles and scores over the kept cells

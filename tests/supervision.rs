@@ -100,7 +100,7 @@ fn http_metrics_health_and_ng_overlays_follow_the_answers() {
         count("ERROR")
     );
     assert_eq!(
-        sample(&metrics, r#"efficientad_errors_total{kind="bad frame"}"#),
+        sample(&metrics, r#"efficientad_errors_total{kind="bad_frame"}"#),
         2.0
     );
     assert!(count("NG") >= 2.0, "{answers:?}");

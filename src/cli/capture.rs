@@ -138,7 +138,7 @@ fn take(
 
 enum SourceOrWrite {
     Source(SourceError),
-    Write(String),
+    Write(efficientad::offline::report::PngError),
 }
 
 impl std::fmt::Display for SourceOrWrite {

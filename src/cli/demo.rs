@@ -114,7 +114,7 @@ pub fn run(provider: Provider) -> anyhow::Result<Outcome> {
                 wrong.push(format!(
                     "{}: {}",
                     answer.seq,
-                    answer.error.clone().unwrap_or_default()
+                    answer.error.as_ref().map_or("", |e| e.reason.as_str())
                 ));
                 return;
             };

@@ -119,7 +119,7 @@ pub fn run(args: InferArgs) -> anyhow::Result<Outcome> {
                     batch_size: Some(maps.batch_size),
                     timings_ms: Some(timings),
                     heatmap: judged.heatmap.map(|p| p.display().to_string()),
-                    error: judged.error,
+                    error: judged.error.map(|e| e.to_string()),
                 }
             }
             ImageOutcome::Error { path, error } => {

@@ -18,7 +18,7 @@ use efficientad::line::pipeline::{
     DEFAULT_MAX_TRIGGER_AGE, LineModel, Mode, Pipeline, PipelineOptions, TriggerMode,
 };
 use efficientad::line::protocol::{
-    Answer, JsonLines, Latency, ModelTag, Trigger, read_triggers, rfc3339,
+    Answer, AnswerError, ErrorKind, JsonLines, Latency, ModelTag, Trigger, read_triggers, rfc3339,
 };
 use efficientad::line::source::CameraOptions;
 use efficientad::line::source::faults::{FaultPlan, FaultySource};
@@ -356,7 +356,10 @@ fn answer_unstarted(triggers: &Receiver<Trigger>, error: &anyhow::Error) {
             frame: None,
             latency_ms: Latency::default(),
             heatmap: None,
-            error: Some(format!("the runtime could not start: {error:#}")),
+            error: Some(AnswerError::new(
+                ErrorKind::Startup,
+                format!("the runtime could not start: {error:#}"),
+            )),
             model: None,
         });
     }

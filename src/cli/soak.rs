@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use efficientad::line::monitor::{error_kind, percentile};
+use efficientad::line::monitor::percentile;
 use efficientad::line::source::faults::FaultPlan;
 
 use super::{EngineArgs, Outcome};
@@ -105,8 +105,8 @@ impl Tally {
             Some("OK") => self.ok += 1,
             Some("NG") => self.ng += 1,
             _ => {
-                let reason = answer["error"].as_str().unwrap_or("no error text");
-                *self.errors.entry(error_kind(reason)).or_default() += 1;
+                let kind = answer["error_kind"].as_str().unwrap_or("no error_kind");
+                *self.errors.entry(kind.to_owned()).or_default() += 1;
             }
         }
         if let Some(ms) = answer["latency_ms"]["total"].as_f64() {

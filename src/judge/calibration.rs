@@ -29,8 +29,16 @@ pub const DEFAULT_FALSE_REJECT_RATE: f64 = 0.01;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CalibrationError {
-    #[error("cannot read calibration {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
+    #[error("cannot read calibration {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid calibration file: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path} is not a valid calibration file: {reason}")]
     Bad { path: PathBuf, reason: String },
     #[error(
@@ -70,8 +78,8 @@ pub enum CalibrationError {
         "the inspection region leaves no cell of the anomaly map of a {width}x{height} image; use a smaller --ignore-border or a larger ROI"
     )]
     EmptyRegion { width: usize, height: usize },
-    #[error("cannot write calibration {path}: {reason}")]
-    Write { path: PathBuf, reason: String },
+    #[error("cannot write calibration {path}: {source}")]
+    Write { path: PathBuf, source: crate::Cause },
 }
 
 /// Summary of a score distribution.
@@ -153,7 +161,7 @@ impl Calibration {
     pub fn load(path: &Path) -> Result<Self, CalibrationError> {
         let text = std::fs::read_to_string(path).map_err(|e| CalibrationError::Read {
             path: path.to_owned(),
-            reason: e.to_string(),
+            source: e,
         })?;
         Self::parse(&text, path)
     }
@@ -162,9 +170,9 @@ impl Calibration {
     /// names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, CalibrationError> {
         let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| CalibrationError::Bad {
+            serde_json::from_str(text).map_err(|source| CalibrationError::Json {
                 path: path.to_owned(),
-                reason: e.to_string(),
+                source,
             })?;
         let version = value
             .get("format_version")
@@ -196,9 +204,9 @@ impl Calibration {
             }
         }
         let mut calibration: Self =
-            serde_json::from_value(value).map_err(|e| CalibrationError::Bad {
+            serde_json::from_value(value).map_err(|source| CalibrationError::Json {
                 path: path.to_owned(),
-                reason: e.to_string(),
+                source,
             })?;
         calibration
             .check()
@@ -261,15 +269,15 @@ impl Calibration {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), CalibrationError> {
-        let err = |e: &dyn std::fmt::Display| CalibrationError::Write {
+        let err = |e: crate::Cause| CalibrationError::Write {
             path: path.to_owned(),
-            reason: e.to_string(),
+            source: e,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+            std::fs::create_dir_all(dir).map_err(|e| err(e.into()))?;
         }
-        let text = serde_json::to_string_pretty(self).map_err(|e| err(&e))?;
-        std::fs::write(path, text + "\n").map_err(|e| err(&e))
+        let text = serde_json::to_string_pretty(self).map_err(|e| err(e.into()))?;
+        std::fs::write(path, text + "\n").map_err(|e| err(e.into()))
     }
 
     /// Verdict for a score: NG above the threshold (NaN scores are never OK).

@@ -12,7 +12,7 @@ use crate::judge::anomaly::{score, to_image_size};
 use crate::judge::calibration::Calibration;
 use crate::judge::region::region_score;
 use crate::ms;
-use crate::offline::report::{HeatmapNames, overlay};
+use crate::offline::report::{PngError, HeatmapNames, overlay};
 
 /// The answer for one part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -67,10 +67,10 @@ impl Default for HeatmapLimits {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot create heatmap folder {dir}: {reason}")]
+#[error("cannot create heatmap folder {dir}: {source}")]
 pub struct HeatmapDirError {
     pub dir: PathBuf,
-    pub reason: String,
+    pub source: std::io::Error,
 }
 
 impl HeatmapSink {
@@ -89,9 +89,9 @@ impl HeatmapSink {
         all: bool,
         limits: HeatmapLimits,
     ) -> Result<Self, HeatmapDirError> {
-        let err = |e: std::io::Error| HeatmapDirError {
+        let err = |source: std::io::Error| HeatmapDirError {
             dir: dir.to_owned(),
-            reason: e.to_string(),
+            source,
         };
         std::fs::create_dir_all(dir).map_err(err)?;
         // The index lists, oldest first, the heatmaps written into this folder; those still
@@ -162,7 +162,7 @@ impl HeatmapSink {
 
     /// Writes one overlay under a fresh name, then removes the oldest heatmaps while the folder
     /// is over its limits (never the one just written).
-    pub fn write(&mut self, input: &Path, image: &RgbImage) -> Result<PathBuf, String> {
+    pub fn write(&mut self, input: &Path, image: &RgbImage) -> Result<PathBuf, PngError> {
         let path = self.names.write(&self.dir, input, image)?;
         let size = std::fs::metadata(&path).map_or(0, |m| m.len());
         // Appended (one short line, atomic with O_APPEND) so a later run can bound it too.
@@ -232,10 +232,32 @@ pub struct Judged {
     /// `Error` (with [`Judged::error`]) when there is no score to judge: the inspection
     /// region covers no map cell of this image, or the maps hold NaN.
     pub verdict: Verdict,
-    pub error: Option<String>,
+    pub error: Option<NoVerdict>,
     pub heatmap: Option<PathBuf>,
-    pub heatmap_error: Option<String>,
+    pub heatmap_error: Option<PngError>,
     pub maps_ms: f64,
+}
+
+/// Why an image has a score but no verdict.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum NoVerdict {
+    #[error(
+        "the inspection region covers no map cell of this {width}x{height} image; nothing to judge (check the calibration's --ignore-border / --roi against the frame size)"
+    )]
+    NoRegion { width: u32, height: u32 },
+    #[error("the anomaly maps hold NaN; the model produced no number for this image")]
+    NanMap,
+}
+
+impl NoVerdict {
+    /// The answer's `error_kind`.
+    pub fn kind(&self) -> crate::line::protocol::ErrorKind {
+        use crate::line::protocol::ErrorKind;
+        match self {
+            NoVerdict::NoRegion { .. } => ErrorKind::NoRegion,
+            NoVerdict::NanMap => ErrorKind::NanMap,
+        }
+    }
 }
 
 /// Judges one image; `combined` is a reused buffer and holds the whole combined map after.
@@ -263,11 +285,11 @@ pub fn judge(
     };
     // No verdict without a score (docs/design.md: anything that prevents a verdict is ERROR).
     let error = s.is_nan().then(|| match &cells {
-        Some(c) if !c.iter().any(|&keep| keep) => format!(
-            "the inspection region covers no map cell of this {}x{} image; nothing to judge (check the calibration's --ignore-border / --roi against the frame size)",
-            part.width, part.height
-        ),
-        _ => "the anomaly maps hold NaN; the model produced no number for this image".into(),
+        Some(c) if !c.iter().any(|&keep| keep) => NoVerdict::NoRegion {
+            width: part.width,
+            height: part.height,
+        },
+        _ => NoVerdict::NanMap,
     });
     let verdict = if error.is_some() {
         Verdict::Error

@@ -19,8 +19,8 @@ use crate::judge::anomaly::{MAP_PAD, resize_bilinear};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegionError {
-    #[error("cannot read ROI mask {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
+    #[error("cannot read ROI mask {path}: {source}")]
+    Read { path: PathBuf, source: crate::Cause },
     #[error(
         "ROI mask {path} changed since it was calibrated (sha256 {found}, calibration says {expected}); run `efficientad calibrate` again with it"
     )]
@@ -71,7 +71,7 @@ fn read_mask(path: &Path) -> Result<GrayImage, RegionError> {
     let mask = image::open(path)
         .map_err(|e| RegionError::Read {
             path: path.to_owned(),
-            reason: e.to_string(),
+            source: e.into(),
         })?
         .to_luma8();
     if !mask.pixels().any(|p| p.0[0] > 127) {
@@ -96,7 +96,7 @@ impl Region {
                 let sha256 =
                     crate::model::bundle::file_sha256(path).map_err(|e| RegionError::Read {
                         path: path.to_owned(),
-                        reason: e.to_string(),
+                        source: e.into(),
                     })?;
                 let record = RoiRecord {
                     path: path.display().to_string(),
@@ -126,7 +126,7 @@ impl Region {
                 let found =
                     crate::model::bundle::file_sha256(&path).map_err(|e| RegionError::Read {
                         path: path.clone(),
-                        reason: e.to_string(),
+                        source: e.into(),
                     })?;
                 if found != roi.sha256 {
                     return Err(RegionError::Changed {

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::line::source::Frame;
-use crate::offline::report::HeatmapNames;
+use crate::offline::report::{HeatmapNames, PngError};
 
 pub const TRAIN: &str = "train/good";
 pub const VALIDATION: &str = "validation/good";
@@ -69,7 +69,7 @@ impl Collector {
 
     /// Writes `frame` as a PNG into its drawn folder. The draw is made whether or not the
     /// write succeeds, so the split of later frames does not depend on failures.
-    pub fn save(&mut self, frame: &Frame) -> Result<Saved, String> {
+    pub fn save(&mut self, frame: &Frame) -> Result<Saved, PngError> {
         let split = if self.uniform() < self.validation_share {
             VALIDATION
         } else {

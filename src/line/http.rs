@@ -32,10 +32,10 @@ pub const MAX_CONNECTIONS: usize = 512;
 const THREAD_STACK: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} (--http): {reason}")]
+#[error("cannot listen on {addr} (--http): {source}")]
 pub struct BindError {
     pub addr: String,
-    pub reason: String,
+    pub source: std::io::Error,
 }
 
 /// Binds `addr` now (so a taken port is a setup error) and serves on a thread of its own.
@@ -44,12 +44,12 @@ pub fn serve(
     monitor: Arc<Monitor>,
     stall_limit: Duration,
 ) -> Result<SocketAddr, BindError> {
-    let err = |reason: String| BindError {
+    let err = |source: std::io::Error| BindError {
         addr: addr.to_owned(),
-        reason,
+        source,
     };
-    let listener = TcpListener::bind(addr).map_err(|e| err(e.to_string()))?;
-    let local = listener.local_addr().map_err(|e| err(e.to_string()))?;
+    let listener = TcpListener::bind(addr).map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
     if !local.ip().is_loopback() {
         crate::log_line!(
             "efficientad: warning: --http {local} is reachable from the network: the status page shows recent NG part images and has no authentication; firewall it or listen on 127.0.0.1"
@@ -291,7 +291,7 @@ struct StatusJson<'a> {
     ok: u64,
     ng: u64,
     errors: u64,
-    error_kinds: &'a std::collections::BTreeMap<String, u64>,
+    error_kinds: &'a std::collections::BTreeMap<&'static str, u64>,
     ng_rate: f64,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,

@@ -19,8 +19,6 @@ pub const BUCKETS_MS: [f64; 14] = [
 ];
 /// NG parts kept for the status page.
 pub const KEPT_NG: usize = 8;
-/// Distinct error kinds counted by name; later kinds are counted as `other`.
-const MAX_ERROR_KINDS: usize = 32;
 
 /// The stages an answer's latency is split into (as in `latency_ms`).
 pub const STAGES: [&str; 5] = [
@@ -79,7 +77,7 @@ pub struct Snapshot {
     pub ok: u64,
     pub ng: u64,
     pub errors: u64,
-    pub error_kinds: BTreeMap<String, u64>,
+    pub error_kinds: BTreeMap<&'static str, u64>,
     pub latency: [Histogram; STAGES.len()],
     pub dropped_frames: u64,
     pub reconnects: u64,
@@ -135,12 +133,6 @@ pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
     (n > 0).then(|| v[((p * n as f64).ceil() as usize).clamp(1, n) - 1])
 }
 
-/// The kind of an ERROR answer: its reason up to the first `:` (the detail after it names
-/// files, sizes and times, which would make every error its own kind).
-pub fn error_kind(reason: &str) -> String {
-    reason.split(':').next().unwrap_or(reason).trim().to_owned()
-}
-
 impl Monitor {
     pub fn new(
         model_name: &str,
@@ -187,12 +179,8 @@ impl Monitor {
             if let Some(tag) = &answer.model {
                 s.per_model.entry(tag.name.clone()).or_default()[answer.verdict as usize] += 1;
             }
-            if let Some(reason) = &answer.error {
-                let mut kind = error_kind(reason);
-                if !s.error_kinds.contains_key(&kind) && s.error_kinds.len() >= MAX_ERROR_KINDS {
-                    kind = "other".into();
-                }
-                *s.error_kinds.entry(kind).or_default() += 1;
+            if let Some(e) = &answer.error {
+                *s.error_kinds.entry(e.kind.as_str()).or_default() += 1;
             }
             // Healthy means the last part could be judged. A malformed trigger or an overload
             // says nothing about camera, frames or engine, so it leaves the state as it was;
@@ -200,10 +188,8 @@ impl Monitor {
             // with no cell) is a part that could not be judged.
             s.last_failed = match &answer.error {
                 None => None,
-                Some(e) if e.starts_with("trigger") || e.starts_with("overloaded") => {
-                    s.last_failed.take()
-                }
-                Some(e) => Some(e.clone()),
+                Some(e) if e.kind.is_about_the_trigger() => s.last_failed.take(),
+                Some(e) => Some(e.reason.clone()),
             };
             if answer.verdict != Verdict::Error {
                 let l = &answer.latency_ms;
@@ -241,11 +227,12 @@ impl Monitor {
             {
                 n[answer.verdict as usize] = n[answer.verdict as usize].saturating_sub(1);
             }
-            if let Some(reason) = &answer.error {
-                let kind = error_kind(reason);
-                if let Some(n) = s.error_kinds.get_mut(&kind) {
-                    *n = n.saturating_sub(1);
-                }
+            if let Some(n) = answer
+                .error
+                .as_ref()
+                .and_then(|e| s.error_kinds.get_mut(e.kind.as_str()))
+            {
+                *n = n.saturating_sub(1);
             }
         });
     }

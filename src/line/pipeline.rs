@@ -27,7 +27,9 @@ pub use summary::Summary;
 use crate::judge::calibration::Calibration;
 use crate::judge::inspect::{HeatmapSink, MapsView, Part, Verdict, judge};
 use crate::line::monitor::{Monitor, NgPart, Stage};
-use crate::line::protocol::{Answer, FrameInfo, JsonLines, Latency, ModelTag, Trigger, rfc3339};
+use crate::line::protocol::{
+    Answer, AnswerError, ErrorKind, FrameInfo, JsonLines, Latency, ModelTag, Trigger, rfc3339,
+};
 use crate::line::source::FrameSource;
 use crate::model::engine::{Engine, RawMaps};
 use crate::model::preprocess::Preprocessor;
@@ -132,14 +134,14 @@ impl Inference {
         };
         if let Err(e) = chosen {
             answer.model = None;
-            answer.error = Some(e);
+            answer.error = Some(AnswerError::new(ErrorKind::UnknownModel, e));
             answer.latency_ms.total = ms(trigger.received.elapsed());
             return answer;
         }
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
-                answer.error = Some(e.to_string());
+                answer.error = Some(AnswerError::new(e.kind(), e));
                 answer.latency_ms.total = ms(trigger.received.elapsed());
                 return answer;
             }
@@ -157,7 +159,7 @@ impl Inference {
         let (w, h) = frame.image.dimensions();
         self.input.resize(pre.size() * pre.size() * 3, 0);
         if let Err(e) = pre.resize_rgb(frame.image.as_raw(), w, h, &mut self.input) {
-            answer.error = Some(e.to_string());
+            answer.error = Some(AnswerError::new(ErrorKind::Preprocess, e));
             answer.latency_ms.total = ms(trigger.received.elapsed());
             return answer;
         }
@@ -168,7 +170,10 @@ impl Inference {
             model.engine.run_into(&self.input, 1, &mut self.maps)
         };
         if let Err(e) = ran {
-            answer.error = Some(format!("inference failed: {e}"));
+            answer.error = Some(AnswerError::new(
+                ErrorKind::Inference,
+                format!("inference failed: {e}"),
+            ));
             answer.latency_ms.total = ms(trigger.received.elapsed());
             return answer;
         }
@@ -205,7 +210,7 @@ impl Inference {
         answer.latency_ms.maps = judged.maps_ms;
         answer.verdict = judged.verdict;
         answer.score = judged.error.is_none().then_some(judged.score);
-        answer.error = judged.error;
+        answer.error = judged.error.map(|e| AnswerError::new(e.kind(), e));
         answer.heatmap = judged.heatmap.map(|p| p.display().to_string());
         answer.latency_ms.total = ms(trigger.received.elapsed());
         if let (Some(m), Verdict::Ng) = (&self.monitor, judged.verdict) {

@@ -4,5 +4,7 @@
 pub mod answer;
 pub mod trigger;
 
-pub use answer::{Answer, FrameInfo, JsonLines, Latency, ModelTag, rfc3339};
+pub use answer::{
+    Answer, AnswerError, ErrorKind, FrameInfo, JsonLines, Latency, ModelTag, rfc3339,
+};
 pub use trigger::{MAX_LINE, Trigger, TriggerId, parse_line, read_triggers};

@@ -68,10 +68,16 @@ pub enum BundleError {
         "model bundle {dir} is missing {file}; a bundle folder holds model.onnx and model.json as written by `efficientad-train export` or `fit`"
     )]
     Missing { dir: PathBuf, file: &'static str },
-    #[error("cannot read {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
-    #[error("{path} is not a valid model.json: {reason}")]
-    BadInfo { path: PathBuf, reason: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid model.json: {source}")]
+    BadInfo {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error(
         "{path} has format_version {found}; this runtime reads version {BUNDLE_FORMAT_VERSION}: re-export the bundle or update efficientad"
     )]
@@ -107,7 +113,7 @@ impl ModelInfo {
     pub fn parse(text: &str, path: &Path) -> Result<Self, BundleError> {
         let info: ModelInfo = serde_json::from_str(text).map_err(|e| BundleError::BadInfo {
             path: path.to_owned(),
-            reason: e.to_string(),
+            source: e,
         })?;
         if info.format_version != BUNDLE_FORMAT_VERSION {
             return Err(BundleError::Version {
@@ -171,12 +177,12 @@ impl Bundle {
         }
         let text = std::fs::read_to_string(&info_path).map_err(|e| BundleError::Read {
             path: info_path.clone(),
-            reason: e.to_string(),
+            source: e,
         })?;
         let info = ModelInfo::parse(&text, &info_path)?;
         let found = file_sha256(&onnx_path).map_err(|e| BundleError::Read {
             path: onnx_path.clone(),
-            reason: e.to_string(),
+            source: e,
         })?;
         if found != info.model_sha256 {
             return Err(BundleError::HashMismatch {

@@ -69,14 +69,20 @@ pub enum EngineError {
         "execution provider {provider} is not usable: {reason}; run `efficientad doctor` to see what this machine offers, or pick another --provider"
     )]
     Provider { provider: Provider, reason: String },
-    #[error("ONNX Runtime cannot load {path}: {reason}")]
-    Session { path: PathBuf, reason: String },
+    #[error("ONNX Runtime cannot load {path}: {source}")]
+    Session { path: PathBuf, source: crate::Cause },
     #[error(
         "{path} is not an EfficientAD deployment graph: {reason}; export it with `efficientad-train export`"
     )]
     Contract { path: PathBuf, reason: String },
     #[error("inference failed: {0}")]
-    Run(String),
+    Run(#[from] ort::Error),
+    #[error("inference failed: output `{name}` has shape {found:?}, expected {expected:?}")]
+    OutputShape {
+        name: &'static str,
+        found: Vec<i64>,
+        expected: [i64; 3],
+    },
     #[error("batch holds {found} bytes, expected {expected} ({n} images of {size}x{size}x3)")]
     BatchSize {
         found: usize,
@@ -180,18 +186,19 @@ impl Engine {
         provider: Provider,
         environment: &ort::environment::Environment,
     ) -> Result<Session, EngineError> {
-        let session_err = |e: &dyn std::fmt::Display| EngineError::Session {
+        let session_err = |e: crate::Cause| EngineError::Session {
             path: bundle.onnx_path.clone(),
-            reason: e.to_string(),
+            source: e,
         };
         if provider == Provider::Tensorrt {
-            std::fs::create_dir_all(&options.trt_cache).map_err(|e| session_err(&e))?;
+            std::fs::create_dir_all(&options.trt_cache).map_err(|e| session_err(e.into()))?;
         }
-        let mut builder = Session::builder(environment).map_err(|e| session_err(&e))?;
+        let mut builder = Session::builder(environment).map_err(|e| session_err(e.into()))?;
         if let Some(threads) = options.intra_threads {
+            // A builder's error carries the builder back; only the error is kept.
             builder = builder
                 .with_intra_threads(threads)
-                .map_err(|e| session_err(&e))?;
+                .map_err(|e| session_err(Box::new(ort::Error::<()>::from(e))))?;
         }
         builder = builder
             .with_execution_providers(dispatch(provider, options))
@@ -201,7 +208,7 @@ impl Engine {
             })?;
         builder
             .commit_from_file(&bundle.onnx_path)
-            .map_err(|e| session_err(&e))
+            .map_err(|e| session_err(e.into()))
     }
 
     fn check_contract(&self, bundle: &Bundle) -> Result<(), EngineError> {
@@ -296,22 +303,24 @@ impl Engine {
                 size,
             });
         }
-        let input = TensorRef::from_array_view(([n, size, size, 3], batch))
-            .map_err(|e| EngineError::Run(e.to_string()))?;
+        let input =
+            TensorRef::from_array_view(([n, size, size, 3], batch)).map_err(EngineError::Run)?;
         let outputs = self
             .session
             .run(ort::inputs![INPUT => input])
-            .map_err(|e| EngineError::Run(e.to_string()))?;
+            .map_err(EngineError::Run)?;
         let map = self.map_size;
-        let take = |name: &str, dst: &mut Vec<f32>| -> Result<(), EngineError> {
+        let take = |name: &'static str, dst: &mut Vec<f32>| -> Result<(), EngineError> {
             let (shape, data) = outputs[name]
                 .try_extract_tensor::<f32>()
-                .map_err(|e| EngineError::Run(e.to_string()))?;
+                .map_err(EngineError::Run)?;
             let dims: Vec<i64> = shape.iter().copied().collect();
             if dims != [n as i64, map as i64, map as i64] {
-                return Err(EngineError::Run(format!(
-                    "output `{name}` has shape {dims:?}, expected [{n}, {map}, {map}]"
-                )));
+                return Err(EngineError::OutputShape {
+                    name,
+                    found: dims,
+                    expected: [n as i64, map as i64, map as i64],
+                });
             }
             dst.clear();
             dst.extend_from_slice(data);

@@ -14,10 +14,20 @@ use image::{DynamicImage, RgbImage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreprocessError {
-    #[error("cannot read {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
-    #[error("{path} is not an image this runtime can decode (JPEG, PNG, BMP, TIFF): {reason}")]
-    Decode { path: PathBuf, reason: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not an image this runtime can decode (JPEG, PNG, BMP, TIFF): {source}")]
+    Decode {
+        path: PathBuf,
+        source: image::ImageError,
+    },
+    #[error(
+        "{path} is not an image this runtime can decode (JPEG, PNG, BMP, TIFF): unknown file format"
+    )]
+    UnknownFormat { path: PathBuf },
     #[error("{path} is an empty file (0 bytes)")]
     EmptyFile { path: PathBuf },
     #[error(
@@ -37,14 +47,14 @@ pub enum PreprocessError {
         bytes: usize,
     },
     #[error("resizing failed: {0}")]
-    Resize(String),
+    Resize(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Reads and decodes an image file, whatever its extension says.
 pub fn decode_file(path: &Path) -> Result<DynamicImage, PreprocessError> {
     let bytes = std::fs::read(path).map_err(|e| PreprocessError::Read {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source: e,
     })?;
     decode_bytes(&bytes, path)
 }
@@ -64,17 +74,21 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<DynamicImage, Preproces
             path: path.to_owned(),
         });
     }
-    let decode_err = |reason: String| PreprocessError::Decode {
-        path: path.to_owned(),
-        reason,
-    };
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| decode_err(e.to_string()))?;
+        .map_err(|source| PreprocessError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
     if reader.format().is_none() {
-        return Err(decode_err("unknown file format".into()));
+        return Err(PreprocessError::UnknownFormat {
+            path: path.to_owned(),
+        });
     }
-    let image = reader.decode().map_err(|e| decode_err(e.to_string()))?;
+    let image = reader.decode().map_err(|source| PreprocessError::Decode {
+        path: path.to_owned(),
+        source,
+    })?;
     if image.width() == 0 || image.height() == 0 {
         return Err(PreprocessError::Empty {
             path: path.to_owned(),
@@ -138,17 +152,19 @@ impl Preprocessor {
                 bytes: rgb.len(),
             });
         }
-        let err = |e: &dyn std::fmt::Display| PreprocessError::Resize(e.to_string());
-        let src = ImageRef::new(width, height, rgb, PixelType::U8x3).map_err(|e| err(&e))?;
-        let mut dst = Image::from_slice_u8(self.size, self.size, out, PixelType::U8x3)
-            .map_err(|e| err(&e))?;
+        fn err(e: impl std::error::Error + Send + Sync + 'static) -> PreprocessError {
+            PreprocessError::Resize(Box::new(e))
+        }
+        let src = ImageRef::new(width, height, rgb, PixelType::U8x3).map_err(err)?;
+        let mut dst =
+            Image::from_slice_u8(self.size, self.size, out, PixelType::U8x3).map_err(err)?;
         if width == self.size && height == self.size {
             out_copy(rgb, &mut dst);
             return Ok(());
         }
         self.resizer
             .resize(&src, &mut dst, &self.options)
-            .map_err(|e| err(&e))
+            .map_err(err)
     }
 
     /// Decoded image → network input (`size`²·3 bytes, RGB, HWC) in `out`.
@@ -175,6 +191,21 @@ fn out_copy(rgb: &[u8], dst: &mut Image<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_errors_keep_the_decoders_error_as_their_source() {
+        use std::error::Error;
+        // A PNG signature followed by garbage: the PNG decoder's own error is the source.
+        let bytes = b"\x89PNG\r\n\x1a\nnot a real png at all";
+        let e = decode_bytes(bytes, Path::new("x.png")).expect_err("garbage");
+        assert!(matches!(e, PreprocessError::Decode { .. }), "{e}");
+        let source = e.source().expect("the decoder's error");
+        assert!(source.downcast_ref::<image::ImageError>().is_some());
+        assert!(e.to_string().contains(&source.to_string()), "{e}");
+        let e = decode_file(Path::new("/no/such/file.png")).expect_err("missing");
+        let io = e.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(io.map(|e| e.kind()), Some(std::io::ErrorKind::NotFound));
+    }
 
     #[test]
     fn gray16_and_rgba_become_rgb8() {

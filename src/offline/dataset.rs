@@ -12,8 +12,13 @@ pub enum DatasetError {
         "{0} has no test/ folder; a dataset in the MVTec layout has test/good and test/<defect> folders"
     )]
     NoTest(PathBuf),
-    #[error("cannot list {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
+    #[error(transparent)]
+    List(#[from] crate::offline::images::ListError),
+    #[error("cannot list {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0} holds no test images")]
     Empty(PathBuf),
 }
@@ -38,7 +43,7 @@ pub fn test_set(dataset: &Path) -> Result<Vec<TestImage>, DatasetError> {
     let mut folders: Vec<PathBuf> = std::fs::read_dir(&test)
         .map_err(|e| DatasetError::Read {
             path: test.clone(),
-            reason: e.to_string(),
+            source: e,
         })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_dir())
@@ -51,10 +56,7 @@ pub fn test_set(dataset: &Path) -> Result<Vec<TestImage>, DatasetError> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let anomalous = defect != "good";
-        let files = list_images(std::slice::from_ref(&folder)).map_err(|e| DatasetError::Read {
-            path: folder.clone(),
-            reason: e.to_string(),
-        })?;
+        let files = list_images(std::slice::from_ref(&folder))?;
         for path in files {
             let mask = anomalous
                 .then(|| {

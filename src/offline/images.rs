@@ -12,8 +12,11 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "tif", "tif
 pub enum ListError {
     #[error("{0} does not exist")]
     Missing(PathBuf),
-    #[error("cannot list {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
+    #[error("cannot list {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Why a folder of images cannot be used.
@@ -74,7 +77,7 @@ pub fn image_folder(dir: &Path) -> Result<Vec<PathBuf>, FolderError> {
 fn walk(dir: &Path, seen: &mut Seen, out: &mut Vec<PathBuf>) -> Result<(), ListError> {
     let real = std::fs::canonicalize(dir).map_err(|e| ListError::Read {
         path: dir.to_owned(),
-        reason: e.to_string(),
+        source: e,
     })?;
     if !seen.dirs.insert(real.clone()) {
         crate::log_line!(
@@ -87,7 +90,7 @@ fn walk(dir: &Path, seen: &mut Seen, out: &mut Vec<PathBuf>) -> Result<(), ListE
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| ListError::Read {
             path: dir.to_owned(),
-            reason: e.to_string(),
+            source: e,
         })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();

@@ -111,18 +111,28 @@ impl HeatmapNames {
     /// encoded in memory and written to a temporary file that is then linked to its name, which
     /// fails if the name exists: a heatmap never replaces another one, and a failed write (a
     /// full disk) leaves no empty or truncated PNG behind.
-    pub fn write(&mut self, dir: &Path, input: &Path, image: &RgbImage) -> Result<PathBuf, String> {
+    pub fn write(
+        &mut self,
+        dir: &Path,
+        input: &Path,
+        image: &RgbImage,
+    ) -> Result<PathBuf, PngError> {
         let mut png = Vec::new();
         image
             .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-            .map_err(|e| format!("cannot encode a PNG: {e}"))?;
+            .map_err(PngError::Encode)?;
         let candidates = self.candidates(dir, input);
         let temp = dir.join(format!(".heatmap-{}.tmp", self.tag));
-        std::fs::write(&temp, &png).map_err(|e| {
+        std::fs::write(&temp, &png).map_err(|source| {
             let _ = std::fs::remove_file(&temp);
-            format!("cannot write {}: {e}", candidates[0].display())
+            PngError::Write {
+                path: candidates[0].clone(),
+                source,
+            }
         })?;
-        let mut result = Err(String::new());
+        let mut result = Err(PngError::Taken {
+            path: candidates[candidates.len() - 1].clone(),
+        });
         for name in &candidates {
             match std::fs::hard_link(&temp, name) {
                 Ok(()) => {
@@ -130,7 +140,7 @@ impl HeatmapNames {
                     break;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    result = Err(format!("{} exists", name.display()));
+                    result = Err(PngError::Taken { path: name.clone() });
                 }
                 // A file system without hard links (FAT, some shares): create the name
                 // exclusively and write it there, removing it again if the write fails.
@@ -140,10 +150,13 @@ impl HeatmapNames {
                         break;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        result = Err(format!("{} exists", name.display()));
+                        result = Err(PngError::Taken { path: name.clone() });
                     }
-                    Err(e) => {
-                        result = Err(format!("cannot write {}: {e}", name.display()));
+                    Err(source) => {
+                        result = Err(PngError::Write {
+                            path: name.clone(),
+                            source,
+                        });
                         break;
                     }
                 },
@@ -152,6 +165,20 @@ impl HeatmapNames {
         let _ = std::fs::remove_file(&temp);
         result
     }
+}
+
+/// Why a PNG (a heatmap, a captured frame) could not be written under a fresh name.
+#[derive(Debug, thiserror::Error)]
+pub enum PngError {
+    #[error("cannot encode a PNG: {0}")]
+    Encode(#[source] image::ImageError),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} exists")]
+    Taken { path: PathBuf },
 }
 
 /// Writes `bytes` to a file that must not exist yet; a failed write removes it again.

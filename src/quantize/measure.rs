@@ -41,7 +41,7 @@ pub(super) fn session(
     };
     cpu_session(Graph::Bytes(bytes), options).map_err(|e| EngineError::Session {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source: e.into(),
     })
 }
 

@@ -1,8 +1,15 @@
 //! Training data: image folders loaded once into memory at network resolution, the
-//! deterministic random stream, and the augmentations of docs/method.md.
+//! deterministic random stream, the augmentations of docs/method.md, one step's inputs
+//! ([`sample`]) and the teacher's cached outputs ([`teacher_cache`]).
 //!
 //! All randomness of a training run comes from one [`Rng`] whose state is saved in every
 //! checkpoint, so `--resume` continues the exact same stream.
+
+pub mod sample;
+pub mod teacher_cache;
+
+pub use sample::Sample;
+pub use teacher_cache::{TEACHER_CACHE_BYTES, TeacherCache};
 
 use std::path::{Path, PathBuf};
 

@@ -18,14 +18,20 @@ use efficientad::model::onnx_proto::read;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("cannot write the model bundle into {path}: {reason}")]
-    Write { path: PathBuf, reason: String },
+    #[error("cannot write the model bundle into {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: efficientad::Cause,
+    },
     #[error("the model has padding on; deployment graphs are exported with padding off")]
     PaddingOn,
     #[error(
-        "the model's teacher is the target of the backbone {path}: {reason}; export needs that exact file (it becomes part of the graph)"
+        "the model's teacher is the target of the backbone {path}: {source}; export needs that exact file (it becomes part of the graph)"
     )]
-    Backbone { path: PathBuf, reason: String },
+    Backbone {
+        path: PathBuf,
+        source: efficientad::Cause,
+    },
 }
 
 /// Exports `model` into the bundle folder `out` and returns the model.json written.
@@ -37,11 +43,13 @@ pub fn export_bundle(
     if model.teacher.padding || model.student.padding {
         return Err(ExportError::PaddingOn);
     }
-    let write_err = |path: &Path, e: &dyn std::fmt::Display| ExportError::Write {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    };
-    std::fs::create_dir_all(out).map_err(|e| write_err(out, &e))?;
+    fn write_err(path: &Path, e: impl Into<efficientad::Cause>) -> ExportError {
+        ExportError::Write {
+            path: path.to_owned(),
+            source: e.into(),
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| write_err(out, e))?;
     let metadata = [
         ("efficientad.variant", info.variant.letter().to_string()),
         (
@@ -57,18 +65,19 @@ pub fn export_bundle(
             shape,
         } => {
             let path = PathBuf::from(backbone);
-            let err = |reason: String| ExportError::Backbone {
+            let err = |source: efficientad::Cause| ExportError::Backbone {
                 path: path.clone(),
-                reason,
+                source,
             };
-            let bytes = std::fs::read(&path).map_err(|e| err(e.to_string()))?;
+            let bytes = std::fs::read(&path).map_err(|e| err(e.into()))?;
             let found = efficientad::model::bundle::sha256_hex(&bytes);
             if &found != backbone_sha256 {
                 return Err(err(format!(
                     "its sha256 is {found}, training used {backbone_sha256}"
-                )));
+                )
+                .into()));
             }
-            let model = read::Model::decode(&bytes).map_err(|e| err(e.to_string()))?;
+            let model = read::Model::decode(&bytes).map_err(|e| err(e.into()))?;
             Some((model, shape, path))
         }
         _ => None,
@@ -81,11 +90,11 @@ pub fn export_bundle(
         graph::build(model, &teacher, info.normalize_exposure, &metadata).map_err(|reason| {
             ExportError::Backbone {
                 path: backbone.as_ref().map(|b| b.2.clone()).unwrap_or_default(),
-                reason,
+                source: reason.into(),
             }
         })?;
     let onnx_path = out.join(efficientad::model::bundle::MODEL_FILE);
-    std::fs::write(&onnx_path, &bytes).map_err(|e| write_err(&onnx_path, &e))?;
+    std::fs::write(&onnx_path, &bytes).map_err(|e| write_err(&onnx_path, e))?;
 
     let name = out
         .file_name()
@@ -110,7 +119,7 @@ pub fn export_bundle(
         normalize_exposure: info.normalize_exposure,
     };
     let json_path = out.join(efficientad::model::bundle::INFO_FILE);
-    let json = serde_json::to_string_pretty(&model_info).map_err(|e| write_err(&json_path, &e))?;
-    std::fs::write(&json_path, json + "\n").map_err(|e| write_err(&json_path, &e))?;
+    let json = serde_json::to_string_pretty(&model_info).map_err(|e| write_err(&json_path, e))?;
+    std::fs::write(&json_path, json + "\n").map_err(|e| write_err(&json_path, e))?;
     Ok(model_info)
 }

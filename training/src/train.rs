@@ -30,11 +30,10 @@ pub use config::FitConfig;
 pub use run_state::{RunState, Work, read_log, save_checkpoint, stop_flag};
 pub(crate) use step::scalar;
 pub use step::{
-    Optimizers, StepData, StepInputs, StepLosses, TEACHER_CACHE_BYTES, Teacher, adam, losses, step,
-    teacher_raw,
+    Optimizers, StepData, StepInputs, StepLosses, Teacher, adam, losses, step, teacher_raw,
 };
 
-use setup::{load_images, open_teacher};
+use setup::{load_train_and_penalty, open_teacher};
 
 use crate::data::{self, Rng};
 use crate::model::{EfficientAd, set_teacher_stats};
@@ -44,8 +43,7 @@ use checkpoint::{CheckpointInfo, Kind};
 pub const LEARNING_RATE: f64 = 1e-4;
 pub const WEIGHT_DECAY: f32 = 1e-5;
 pub const LR_DROP_AT: f64 = 0.95;
-/// Probability that a penalty image is turned grayscale.
-pub const PENALTY_GRAY_P: f64 = 0.3;
+pub use crate::data::sample::PENALTY_GRAY_P;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -209,7 +207,8 @@ impl Run {
         )
         .map_err(io)?;
 
-        let (train_set, penalty_set) = load_images(config, &train_files, &penalty_files, events)?;
+        let (train_set, penalty_set) =
+            load_train_and_penalty(config, &train_files, &penalty_files, events)?;
         if !resume {
             state.order = (0..train_set.len()).collect();
             state.rng.shuffle(&mut state.order);
@@ -234,7 +233,8 @@ impl Run {
                 })
             },
         )?;
-        set_teacher_stats(&mut model, &data.mean, &data.std, &device).map_err(TrainError::Io)?;
+        set_teacher_stats(&mut model, &data.cache.mean, &data.cache.std, &device)
+            .map_err(TrainError::Io)?;
         Ok(Self {
             plain,
             device,

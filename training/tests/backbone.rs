@@ -68,5 +68,6 @@ print(worst)
         panic!("{text}{}", String::from_utf8_lossy(&output.stderr));
     });
     // Measured 4.8e-5 (float32 sums in another order after the batch-norm fold).
+    eprintln!("converted against development backbone: largest difference {worst}");
     assert!(worst < 2e-4, "largest difference {worst}");
 }

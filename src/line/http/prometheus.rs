@@ -38,7 +38,7 @@ pub fn prometheus(monitor: &Monitor, s: &Snapshot) -> String {
     }
     let _ = writeln!(
         o,
-        "# HELP efficientad_errors_total ERROR answers by kind (the reason up to its first colon).\n# TYPE efficientad_errors_total counter"
+        "# HELP efficientad_errors_total ERROR answers by kind (the answers' error_kind).\n# TYPE efficientad_errors_total counter"
     );
     for (kind, n) in &s.error_kinds {
         let _ = writeln!(

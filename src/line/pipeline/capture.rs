@@ -8,7 +8,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, select
 
 use super::PipelineOptions;
 use crate::line::monitor::{Monitor, Stage};
-use crate::line::protocol::{Trigger, TriggerId};
+use crate::line::protocol::{ErrorKind, Trigger, TriggerId};
 use crate::line::source::{Frame, FrameSource, SourceError};
 use crate::ms;
 
@@ -29,6 +29,23 @@ pub enum FrameError {
     Overloaded { waited_ms: f64, limit_ms: u128 },
     #[error(transparent)]
     Source(#[from] SourceError),
+}
+
+impl FrameError {
+    /// The answer's `error_kind`.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            FrameError::InvalidTrigger(_) => ErrorKind::Trigger,
+            FrameError::Reconnecting => ErrorKind::CameraUnavailable,
+            FrameError::Overloaded { .. } => ErrorKind::Overloaded,
+            FrameError::Source(e) => match e {
+                SourceError::Disconnected(_) => ErrorKind::CameraUnavailable,
+                SourceError::BadFrame(_) => ErrorKind::BadFrame,
+                SourceError::Timeout(_) => ErrorKind::FrameTimeout,
+                SourceError::Exhausted => ErrorKind::SourceExhausted,
+            },
+        }
+    }
 }
 
 /// One unit of work for the inference thread.

@@ -44,12 +44,88 @@ pub struct Answer {
     pub latency_ms: Latency,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub heatmap: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    /// Why there is no verdict: `"error"` (the reason, for people) and `"error_kind"` (a fixed
+    /// word, for the bridge and the metrics), both absent on OK and NG.
+    #[serde(flatten)]
+    pub error: Option<AnswerError>,
     /// The model that judged the part, in a run with several models (`run --model NAME=DIR`
     /// given more than once).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelTag>,
+}
+
+/// Why an answer is ERROR.
+#[derive(Clone, Debug, Serialize)]
+pub struct AnswerError {
+    #[serde(rename = "error_kind")]
+    pub kind: ErrorKind,
+    #[serde(rename = "error")]
+    pub reason: String,
+}
+
+impl AnswerError {
+    pub fn new(kind: ErrorKind, reason: impl std::fmt::Display) -> Self {
+        Self {
+            kind,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The kind of an ERROR answer, taken from the error's type (never from its text): the
+/// answer's `error_kind` and the `kind` label of `efficientad_errors_total` (docs/design.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The trigger line is malformed (not JSON, too long, a bad id or model field).
+    Trigger,
+    /// The trigger names a model this run does not have.
+    UnknownModel,
+    /// The trigger waited longer than `--max-trigger-age-ms` for the camera.
+    Overloaded,
+    /// The camera is gone or reconnecting.
+    CameraUnavailable,
+    /// A frame arrived but cannot be used (undecodable, wrong size, a driver error).
+    BadFrame,
+    /// No frame came within the timeout.
+    FrameTimeout,
+    /// A `dir:` source played once has no more images.
+    SourceExhausted,
+    /// The frame could not be resized for the model.
+    Preprocess,
+    /// ONNX Runtime failed on the frame.
+    Inference,
+    /// The inspection region covers no map cell of this frame.
+    NoRegion,
+    /// The maps hold NaN.
+    NanMap,
+    /// The runtime could not start (model, calibration, camera); answered to pending triggers.
+    Startup,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trigger => "trigger",
+            Self::UnknownModel => "unknown_model",
+            Self::Overloaded => "overloaded",
+            Self::CameraUnavailable => "camera_unavailable",
+            Self::BadFrame => "bad_frame",
+            Self::FrameTimeout => "frame_timeout",
+            Self::SourceExhausted => "source_exhausted",
+            Self::Preprocess => "preprocess",
+            Self::Inference => "inference",
+            Self::NoRegion => "no_region",
+            Self::NanMap => "nan_map",
+            Self::Startup => "startup",
+        }
+    }
+
+    /// Failures of the trigger itself or of the backlog: they say nothing about camera,
+    /// frames or engine (the health check leaves its state as it was).
+    pub fn is_about_the_trigger(self) -> bool {
+        matches!(self, Self::Trigger | Self::UnknownModel | Self::Overloaded)
+    }
 }
 
 /// Which model judged a part: its name and the first 12 hex digits of its graph's sha256.

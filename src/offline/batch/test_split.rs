@@ -13,8 +13,11 @@ use crate::offline::evaluation::{EvalImage, pack_mask};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestRunError {
-    #[error("cannot read mask {path}: {reason}")]
-    Mask { path: PathBuf, reason: String },
+    #[error("cannot read mask {path}: {source}")]
+    Mask {
+        path: PathBuf,
+        source: image::ImageError,
+    },
     #[error(
         "mask {mask} is {mask_width}x{mask_height}, but its image {image} is {width}x{height}; masks must match their images"
     )]
@@ -49,7 +52,7 @@ pub fn load_mask(
     let mask = image::open(path)
         .map_err(|e| TestRunError::Mask {
             path: path.clone(),
-            reason: e.to_string(),
+            source: e,
         })?
         .to_luma8();
     if (mask.width() as usize, mask.height() as usize) != (width, height) {

@@ -70,7 +70,7 @@ impl TargetTeacher {
         if fd.1 != fd.2 || 2 * fd.1 < MAP_SIZE || cd.1 > fd.1 {
             return Err(DistillError::Backbone {
                 path: path.to_owned(),
-                reason: format!(
+                source: format!(
                     "at {IMAGE_SIZE}x{IMAGE_SIZE} its feature maps are {}x{} and {}x{}; a target teacher needs a square finer map of at least {}x{} (stride 8 gives 32x32) and a coarser one no larger",
                     fd.1,
                     fd.2,
@@ -78,13 +78,14 @@ impl TargetTeacher {
                     cd.2,
                     MAP_SIZE / 2,
                     MAP_SIZE / 2
-                ),
+                )
+                .into(),
             });
         }
         let sha256 =
             efficientad::model::bundle::file_sha256(path).map_err(|e| DistillError::Backbone {
                 path: path.to_owned(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         Ok(Self {
             backbone: Mutex::new(backbone),

@@ -17,8 +17,11 @@ use crate::model::{Pdn, PdnConfig, TEACHER_CHANNELS, Variant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("cannot read {path} as a PyTorch state_dict: {reason}")]
-    NotTorchFile { path: PathBuf, reason: String },
+    #[error("cannot read {path} as a PyTorch state_dict: {source}")]
+    NotTorchFile {
+        path: PathBuf,
+        source: efficientad::Cause,
+    },
     #[error(
         "{path} does not look like a PDN teacher state_dict: expected keys like `conv1.weight` or \
          `0.weight`, found {found}"
@@ -55,11 +58,11 @@ pub enum ImportError {
         variant: Variant,
         hint: String,
     },
-    #[error("{path}: reading key `{key}` failed: {reason}")]
+    #[error("{path}: reading key `{key}` failed: {source}")]
     Read {
         path: PathBuf,
         key: String,
-        reason: String,
+        source: efficientad::Cause,
     },
 }
 
@@ -115,7 +118,7 @@ pub fn import_teacher(path: &Path, variant: Variant, device: &Device) -> Result<
 pub fn import_pdn(path: &Path, config: PdnConfig, device: &Device) -> Result<Pdn, ImportError> {
     let reader = PytorchReader::new(path).map_err(|e| ImportError::NotTorchFile {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     let tensors = reader.into_tensors();
     let mut keys: Vec<String> = tensors.keys().cloned().collect();
@@ -186,7 +189,7 @@ pub fn import_pdn(path: &Path, config: PdnConfig, device: &Device) -> Result<Pdn
             let bytes = tensor.read().map_err(|e| ImportError::Read {
                 path: path.to_owned(),
                 key: key.clone(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
             let values: Vec<f32> = bytes
                 .chunks_exact(4)

@@ -10,8 +10,11 @@ use crate::tools::quality::{Quality, read_quality};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlotError {
-    #[error("cannot read {path}: {reason}; is it the --work folder of a `fit --eval-every` run?")]
-    Log { path: PathBuf, reason: String },
+    #[error("cannot read {path}: {source}; is it the --work folder of a `fit --eval-every` run?")]
+    Log {
+        path: PathBuf,
+        source: efficientad::Cause,
+    },
     #[error("{0} holds no quality checkpoints; train with `fit --eval-every N`")]
     Empty(PathBuf),
     #[error(
@@ -22,8 +25,11 @@ pub enum PlotError {
     BadFont { path: PathBuf },
     #[error("drawing: {0}")]
     Draw(String),
-    #[error("cannot write {path}: {reason}")]
-    Write { path: PathBuf, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: efficientad::Cause,
+    },
 }
 
 /// Fonts tried in order when none is given.
@@ -47,7 +53,7 @@ impl Run {
         let log = work.join("log.jsonl");
         let checks = read_quality(&log).map_err(|e| PlotError::Log {
             path: log.clone(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
         if checks.is_empty() {
             return Err(PlotError::Empty(log));
@@ -170,12 +176,12 @@ pub fn plot(runs: &[Run], out: &Path) -> Result<(), PlotError> {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| PlotError::Write {
             path: out.to_owned(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
     }
     image.save(out).map_err(|e| PlotError::Write {
         path: out.to_owned(),
-        reason: e.to_string(),
+        source: e.into(),
     })
 }
 

@@ -17,8 +17,11 @@ const INFO_KEY: &str = "efficientad";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("cannot read checkpoint {path}: {reason}")]
-    Read { path: PathBuf, reason: String },
+    #[error("cannot read checkpoint {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: efficientad::Cause,
+    },
     #[error(
         "{path} is not an efficientad checkpoint (no `{INFO_KEY}` metadata); make one with `efficientad-train import-teacher` or `fit`"
     )]
@@ -37,8 +40,11 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {path} is incomplete or damaged: {reason}")]
     Damaged { path: PathBuf, reason: String },
-    #[error("cannot write checkpoint {path}: {reason}")]
-    Write { path: PathBuf, reason: String },
+    #[error("cannot write checkpoint {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: efficientad::Cause,
+    },
 }
 
 /// What a checkpoint holds.
@@ -110,10 +116,10 @@ impl CheckpointInfo {
     }
 }
 
-fn write_error(path: &Path, e: impl std::fmt::Display) -> CheckpointError {
+fn write_error(path: &Path, e: impl Into<efficientad::Cause>) -> CheckpointError {
     CheckpointError::Write {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source: e.into(),
     }
 }
 
@@ -139,7 +145,7 @@ fn save<M: Module + ModuleSnapshot>(
 pub fn read_info(path: &Path) -> Result<CheckpointInfo, CheckpointError> {
     let reader = Reader::from_file(path).map_err(|e| CheckpointError::Read {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     let json = reader
         .metadata()

@@ -38,8 +38,13 @@ pub enum DistillError {
     Data(#[from] data::DataError),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
-    #[error("backbone {path}: {reason}")]
-    Backbone { path: PathBuf, reason: String },
+    /// The backbone cannot be opened or run, or breaks the contract (docs/design.md):
+    /// ONNX Runtime's error, or what is wrong with the graph, as the source.
+    #[error("backbone {path}: {source}")]
+    Backbone {
+        path: PathBuf,
+        source: efficientad::Cause,
+    },
     #[error("resume: {0}")]
     Resume(String),
     #[error("{0}")]

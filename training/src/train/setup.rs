@@ -47,7 +47,7 @@ pub(super) type Images = Vec<Vec<u8>>;
 
 /// The training and penalty images in memory at network resolution (penalty images resized
 /// to 512 and centre-cropped); an error when a folder yields none.
-pub(super) fn load_images(
+pub(super) fn load_train_and_penalty(
     config: &FitConfig,
     train_files: &[PathBuf],
     penalty_files: &[PathBuf],

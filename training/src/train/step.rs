@@ -2,15 +2,13 @@
 //! every step reads (images, the frozen teacher, its cached outputs and statistics), and the
 //! optimizer update. `distill` and `bench` reuse its pieces.
 
-use std::borrow::Cow;
-
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::{PENALTY_GRAY_P, TrainError, WEIGHT_DECAY};
-use crate::data::{self, ColorJitter, Rng};
+use super::{TrainError, WEIGHT_DECAY};
+use crate::data::{Rng, Sample, TeacherCache};
 use crate::model::target_teacher::TargetTeacher;
 use crate::model::{EfficientAd, IMAGE_SIZE, Pdn};
 use crate::train::loss::{HardSelection, hard_loss, mse, penalty_loss};
@@ -124,7 +122,7 @@ pub fn losses(
 }
 
 /// What every training step reads besides the model: the images in memory at network
-/// resolution, the frozen teacher, its cached outputs and statistics.
+/// resolution, the frozen teacher, and its cached outputs and statistics.
 pub struct StepData {
     /// Training images, RGB `IMAGE_SIZE`².
     pub train: Vec<Vec<u8>>,
@@ -132,25 +130,14 @@ pub struct StepData {
     pub penalty: Vec<Vec<u8>>,
     /// The frozen teacher (a PDN on the plain device, or the backbone target).
     pub teacher: Teacher,
-    /// T̂(I) of the training images that fit in [`TEACHER_CACHE_BYTES`], `[C·56·56]`; `None`
-    /// for the others, whose outputs each step recomputes.
-    pub teacher_outputs: Vec<Option<Vec<f32>>>,
-    /// Teacher channel mean μ and std σ.
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
+    /// μ, σ and T̂ of the training images.
+    pub cache: TeacherCache,
     /// Every network input is exposure-normalized (`fit --normalize-exposure`).
     pub normalize_exposure: bool,
 }
 
-/// Memory for cached teacher outputs (4.8 MB per image for PDN-S). 665 MTD training images
-/// would need 3.2 GB, which with the rest of a run passed 4 GiB; beyond the budget, a step
-/// runs the teacher on its training image again (~0.2 s on 2 cores), an exact recomputation.
-pub const TEACHER_CACHE_BYTES: usize = 2 << 30;
-
 impl StepData {
-    /// Runs the teacher over the training images once: μ and σ over all of them (docs/method.md: over all
-    /// unaugmented training images, pixels pooled), and the normalized outputs of as many as
-    /// the cache holds.
+    /// Runs the teacher over the training images once ([`TeacherCache::build`]).
     pub fn new(
         train: Vec<Vec<u8>>,
         penalty: Vec<Vec<u8>>,
@@ -159,50 +146,19 @@ impl StepData {
         device: &Device,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, TrainError> {
-        let mut stats = ChannelStats::new(teacher.channels());
-        let mut teacher_outputs = Vec::with_capacity(train.len());
-        let mut cached = 0usize;
-        for (i, px) in train.iter().enumerate() {
-            let raw = teacher.raw(&input(px, normalize_exposure), device)?;
-            stats.add(&raw);
-            let bytes = raw.len() * std::mem::size_of::<f32>();
-            if cached + bytes <= TEACHER_CACHE_BYTES {
-                cached += bytes;
-                teacher_outputs.push(Some(raw));
-            } else {
-                teacher_outputs.push(None);
-            }
-            progress(i + 1, train.len());
-        }
-        let (mean, std) = stats.finish();
-        for out in teacher_outputs.iter_mut().flatten() {
-            normalize_in_place(out, &mean, &std);
-        }
+        let cache = TeacherCache::build(
+            &train,
+            teacher.channels(),
+            normalize_exposure,
+            &mut |chw| teacher.raw(chw, device),
+            progress,
+        )?;
         Ok(Self {
             train,
             penalty,
             teacher,
-            teacher_outputs,
-            mean,
-            std,
+            cache,
             normalize_exposure,
-        })
-    }
-
-    /// T̂(I) of training image `index`: from the cache, or computed now.
-    fn teacher_output(
-        &self,
-        index: usize,
-        chw: &[f32],
-        device: &Device,
-    ) -> Result<Cow<'_, [f32]>, TrainError> {
-        Ok(match &self.teacher_outputs[index] {
-            Some(cached) => Cow::Borrowed(cached),
-            None => {
-                let mut out = self.teacher.raw(chw, device)?;
-                normalize_in_place(&mut out, &self.mean, &self.std);
-                Cow::Owned(out)
-            }
         })
     }
 }
@@ -244,29 +200,22 @@ pub fn step(
     lr: f64,
     (plain, device): (&Device, &Device),
 ) -> Result<(EfficientAd, StepLosses), TrainError> {
-    let raw = data::to_chw(&data.train[index], IMAGE_SIZE);
-    let mut penalty = data::to_chw(&data.penalty[rng.below(data.penalty.len())], IMAGE_SIZE);
-    if rng.uniform() < PENALTY_GRAY_P {
-        data::grayscale(&mut penalty);
-    }
-    // The jitter acts on the image as captured (it clamps to [0, 1]); the exposure
-    // normalization, like the exported graph's, on whatever reaches the networks.
-    let mut augmented = raw.clone();
-    ColorJitter::sample(rng).apply(&mut augmented);
-    let mut image = raw;
-    if data.normalize_exposure {
-        for chw in [&mut image, &mut penalty, &mut augmented] {
-            data::normalize_exposure(chw);
-        }
-    }
-    let teacher_image = data.teacher_output(index, &image, plain)?;
-    let mut teacher_augmented = data.teacher.raw(&augmented, plain)?;
-    normalize_in_place(&mut teacher_augmented, &data.mean, &data.std);
+    let sample = Sample::draw(
+        &data.train[index],
+        &data.penalty,
+        data.normalize_exposure,
+        rng,
+    );
+    let teacher_image = data
+        .cache
+        .get(index, &sample.image, |chw| data.teacher.raw(chw, plain))?;
+    let mut teacher_augmented = data.teacher.raw(&sample.augmented, plain)?;
+    data.cache.normalize(&mut teacher_augmented);
     let inputs = StepInputs {
-        image: &image,
+        image: &sample.image,
         teacher_image: &teacher_image,
-        penalty: &penalty,
-        augmented: &augmented,
+        penalty: &sample.penalty,
+        augmented: &sample.augmented,
         teacher_augmented: &teacher_augmented,
     };
     let (total, values, _) = losses(&model, &inputs, Some(rng), device);
@@ -277,16 +226,6 @@ pub fn step(
     model.student = optimizers.student.step(lr, model.student, grads_student);
     model.autoencoder = optimizers.autoencoder.step(lr, model.autoencoder, grads_ae);
     Ok((model, values))
-}
-
-/// An RGB8 `IMAGE_SIZE`² image as the networks see it: CHW in [0, 1], exposure-normalized
-/// when asked.
-fn input(px: &[u8], normalize_exposure: bool) -> Vec<f32> {
-    let mut chw = data::to_chw(px, IMAGE_SIZE);
-    if normalize_exposure {
-        data::normalize_exposure(&mut chw);
-    }
-    chw
 }
 
 /// The frozen teacher of a run: a PDN (imported or distilled), or the distillation target
@@ -324,58 +263,6 @@ pub fn teacher_raw(teacher: &Pdn, chw: &[f32], device: &Device) -> Vec<f32> {
         .into_data()
         .try_to_vec::<f32>()
         .unwrap_or_default()
-}
-
-/// Per-channel mean and population std over all pixels of teacher outputs (`[C·H·W]` each),
-/// accumulated one output at a time.
-struct ChannelStats {
-    sum: Vec<f64>,
-    sq: Vec<f64>,
-    count: f64,
-}
-
-impl ChannelStats {
-    fn new(channels: usize) -> Self {
-        Self {
-            sum: vec![0.0; channels],
-            sq: vec![0.0; channels],
-            count: 0.0,
-        }
-    }
-
-    /// Adds one `[C·H·W]` output.
-    fn add(&mut self, out: &[f32]) {
-        let plane = out.len() / self.sum.len().max(1);
-        for (c, channel) in out.chunks(plane.max(1)).enumerate().take(self.sum.len()) {
-            for &v in channel {
-                self.sum[c] += f64::from(v);
-                self.sq[c] += f64::from(v) * f64::from(v);
-            }
-        }
-        self.count += plane as f64;
-    }
-
-    /// Mean and population std per channel.
-    fn finish(self) -> (Vec<f32>, Vec<f32>) {
-        let count = self.count;
-        let mean: Vec<f64> = self.sum.iter().map(|s| s / count).collect();
-        let std: Vec<f32> = self
-            .sq
-            .iter()
-            .zip(&mean)
-            .map(|(q, m)| ((q / count - m * m).max(0.0)).sqrt() as f32)
-            .collect();
-        (mean.into_iter().map(|m| m as f32).collect(), std)
-    }
-}
-
-/// T̂ = (T − μ) / σ per channel of a `[C·H·W]` teacher output.
-fn normalize_in_place(values: &mut [f32], mean: &[f32], std: &[f32]) {
-    let plane = values.len() / mean.len().max(1);
-    for (c, channel) in values.chunks_mut(plane.max(1)).enumerate() {
-        let (m, s) = (mean[c], std[c].max(crate::model::MIN_TEACHER_STD));
-        channel.iter_mut().for_each(|v| *v = (*v - m) / s);
-    }
 }
 
 /// Adam as docs/method.md trains with it (student, autoencoder and teacher distillation alike): L2

@@ -17,8 +17,11 @@ pub enum GaugeError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error(transparent)]
     Distill(#[from] DistillError),
-    #[error("{path}: {reason}")]
-    Image { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Image {
+        path: PathBuf,
+        source: efficientad::model::preprocess::PreprocessError,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -60,15 +63,14 @@ impl FeatureMap {
 
 /// An image file decoded and resized as the runtime does: RGB8 HWC, `size`².
 fn rgb_at(path: &Path, size: usize) -> Result<Vec<u8>, GaugeError> {
-    let image_error = |reason: String| GaugeError::Image {
+    let image_error = |source| GaugeError::Image {
         path: path.to_owned(),
-        reason,
+        source,
     };
-    let img = efficientad::model::preprocess::decode_file(path)
-        .map_err(|e| image_error(e.to_string()))?;
+    let img = efficientad::model::preprocess::decode_file(path).map_err(image_error)?;
     efficientad::model::preprocess::Preprocessor::new(size)
         .prepare_vec(img)
-        .map_err(|e| image_error(e.to_string()))
+        .map_err(image_error)
 }
 
 /// Something that turns an image file into a feature map.
@@ -239,10 +241,10 @@ impl FeatureSource for TargetSource {
 
     fn features(&mut self, path: &Path) -> Result<FeatureMap, GaugeError> {
         let (big, _) =
-            crate::train::distill::views(path, false, &self.options).map_err(|reason| {
+            crate::train::distill::views(path, false, &self.options).map_err(|source| {
                 GaugeError::Image {
                     path: path.to_owned(),
-                    reason,
+                    source,
                 }
             })?;
         let t = self.backbone.targets(&big, 1, self.options.size)?.remove(0);

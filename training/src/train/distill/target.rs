@@ -6,6 +6,7 @@
 //! different axes, so pooling the coarse map before upsampling gives the same target at a
 //! quarter of the work.
 
+use efficientad::model::preprocess::PreprocessError;
 use std::path::{Path, PathBuf};
 
 use efficientad::model::session::{CpuOptions, Graph, cpu_session};
@@ -158,18 +159,12 @@ pub fn views(
     path: &Path,
     gray: bool,
     options: &TargetOptions,
-) -> Result<(Vec<f32>, Vec<f32>), String> {
-    let img = efficientad::model::preprocess::decode_file(path).map_err(|e| e.to_string())?;
+) -> Result<(Vec<f32>, Vec<f32>), PreprocessError> {
+    let img = efficientad::model::preprocess::decode_file(path)?;
     let mut big = efficientad::model::preprocess::Preprocessor::new(options.size);
     let mut small = efficientad::model::preprocess::Preprocessor::new(IMAGE_SIZE);
-    let mut b = data::to_chw(
-        &big.prepare_vec(img.clone()).map_err(|e| e.to_string())?,
-        options.size,
-    );
-    let mut s = data::to_chw(
-        &small.prepare_vec(img).map_err(|e| e.to_string())?,
-        IMAGE_SIZE,
-    );
+    let mut b = data::to_chw(&big.prepare_vec(img.clone())?, options.size);
+    let mut s = data::to_chw(&small.prepare_vec(img)?, IMAGE_SIZE);
     if gray {
         data::grayscale(&mut b);
         data::grayscale(&mut s);
@@ -191,9 +186,9 @@ pub struct Backbone {
 
 impl Backbone {
     pub fn open(path: &Path) -> Result<Self, DistillError> {
-        let err = |e: &dyn std::fmt::Display| DistillError::Backbone {
+        let err = |e: efficientad::Cause| DistillError::Backbone {
             path: path.to_owned(),
-            reason: e.to_string(),
+            source: e,
         };
         // Backbone runs alternate with Burn's work on the same cores: ONNX Runtime's threads
         // must sleep between runs rather than spin.
@@ -201,12 +196,12 @@ impl Backbone {
             no_spinning: true,
             ..CpuOptions::default()
         };
-        let session = cpu_session(Graph::File(path), options).map_err(|e| err(&e))?;
+        let session = cpu_session(Graph::File(path), options).map_err(|e| err(e.into()))?;
         let names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
         if session.inputs().first().map(|i| i.name()) != Some("image") || names.len() < 2 {
-            return Err(err(&format!(
+            return Err(err(format!(
                 "expected input `image` and a finer and a coarser feature output, found outputs {names:?}"
-            )));
+            ).into()));
         }
         Ok(Self {
             session,
@@ -242,22 +237,25 @@ impl Backbone {
     > {
         let s = size;
         let path = self.path.clone();
-        let error = |e: &dyn std::fmt::Display| DistillError::Backbone {
+        let error = |e: efficientad::Cause| DistillError::Backbone {
             path: path.clone(),
-            reason: e.to_string(),
+            source: e,
         };
-        let input = TensorRef::from_array_view(([n, 3, s, s], batch)).map_err(|e| error(&e))?;
+        let input =
+            TensorRef::from_array_view(([n, 3, s, s], batch)).map_err(|e| error(e.into()))?;
         let outputs = self
             .session
             .run(ort::inputs!["image" => input])
-            .map_err(|e| error(&e))?;
+            .map_err(|e| error(e.into()))?;
         let mut maps = Vec::with_capacity(2);
         for output in [&outputs[0], &outputs[1]] {
-            let (shape, values) = output.try_extract_tensor::<f32>().map_err(|e| error(&e))?;
+            let (shape, values) = output
+                .try_extract_tensor::<f32>()
+                .map_err(|e| error(e.into()))?;
             if shape.len() != 4 || shape[0] as usize != n {
-                return Err(error(&format!(
-                    "a feature output has shape {shape:?}, expected [{n}, C, H, W]"
-                )));
+                return Err(error(
+                    format!("a feature output has shape {shape:?}, expected [{n}, C, H, W]").into(),
+                ));
             }
             let dims = (shape[1] as usize, shape[2] as usize, shape[3] as usize);
             maps.push((values.to_vec(), dims));
