@@ -91,7 +91,9 @@ fn soak_with_injected_faults_loses_nothing() {
     // Garbage frames: the empty ones are refused before the model (ERROR of kind
     // `preprocess`: "frame of 0x0 pixels …"), never judged; noise ones are judged.
     assert!(
-        errors.as_object().is_some_and(|e| e.contains_key("preprocess")),
+        errors
+            .as_object()
+            .is_some_and(|e| e.contains_key("preprocess")),
         "no garbage answer: {report}"
     );
     // All 200 triggers arrive at once, so the triggers that come while the camera reconnects

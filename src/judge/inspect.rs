@@ -12,7 +12,7 @@ use crate::judge::anomaly::{score, to_image_size};
 use crate::judge::calibration::Calibration;
 use crate::judge::region::region_score;
 use crate::ms;
-use crate::offline::report::{PngError, HeatmapNames, overlay};
+use crate::offline::report::{HeatmapNames, PngError, overlay};
 
 /// The answer for one part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
