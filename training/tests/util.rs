@@ -458,7 +458,7 @@ pub fn normalized_teacher(model: &EfficientAd, chw: &[f32], device: &Device) -> 
 
 /// A small backbone with the real one's contract, generated from a fixed seed: input `image`
 /// `[N, 3, H, W]`, outputs `feat_s8` `[N, 48, H/8, W/8]` and `feat_s16` `[N, 96, H/16, W/16]`
-/// (four stride-2 3x3 convolutions with ReLU, He-uniform weights from SplitMix64). The
+/// (four stride-2 3x3 convolutions with ReLU, He-uniform weights from `data::Rng`). The
 /// workspace tests distil from it instead of the 18 MB EfficientNet-Lite0, which only the
 /// dataset stage reads. Intermediate tensors `blocks.K.conv` (before the ReLU) can be selected
 /// as other feature outputs. Written once per test process.
@@ -475,16 +475,9 @@ pub fn tiny_backbone() -> PathBuf {
 
 fn tiny_backbone_bytes(seed: u64) -> Vec<u8> {
     use efficientad::model::onnx_proto::{self as proto, Attr, DataType, Dim};
-    let mut state = seed;
-    // SplitMix64 → uniform in [-1, 1).
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    };
+    // The training crate's own seeded stream, mapped to [-1, 1).
+    let mut rng = efficientad_training::data::Rng::new(seed);
+    let mut uniform = move || (2.0 * rng.uniform() - 1.0) as f32;
     let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
     let layers = [
         (3, 16, "blocks.0.out"),
