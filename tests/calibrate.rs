@@ -126,7 +126,7 @@ fn broken_calibrations_and_empty_inputs_are_setup_errors() {
         .expect("stdin")
         .write_all(b"u1\nu2\n")
         .expect("write");
-    let output = child.wait_with_output().expect("wait");
+    let output = process::finish(child, "efficientad");
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     let answers = json_lines(&output.stdout);

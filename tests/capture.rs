@@ -150,7 +150,7 @@ fn capture_answers_each_trigger_line_and_stops_cleanly_on_sigterm() {
         .expect("stdin")
         .write_all(b"part-1\n{\"id\": 12345678901234567891}\n{not json\n")
         .expect("write");
-    let output = child.wait_with_output().expect("wait");
+    let output = process::finish(child, "efficientad");
     assert!(output.status.success(), "{}", text(&output.stderr));
     let answers = json_lines(&output.stdout);
     assert_eq!(answers.len(), 3, "{}", text(&output.stderr));
@@ -189,7 +189,7 @@ fn capture_answers_each_trigger_line_and_stops_cleanly_on_sigterm() {
             .expect("kill")
             .success()
     );
-    let output = child.wait_with_output().expect("wait");
+    let output = process::finish(child, "efficientad");
     assert!(stopped_at.elapsed() < Duration::from_secs(3));
     assert!(output.status.success(), "{}", text(&output.stderr));
     let mut count = 0;

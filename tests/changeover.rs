@@ -50,7 +50,7 @@ fn several_models_judge_the_triggers_that_name_them() {
         .collect();
     let (_, metrics) = get(&addr, "/metrics");
     drop(stdin);
-    assert!(child.wait().expect("wait").success());
+    assert!(process::wait(&mut child, "efficientad").success());
 
     let sha = |bundle: &Path| -> String {
         let info: Value = serde_json::from_str(

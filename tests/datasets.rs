@@ -72,7 +72,7 @@ fn mtd_archive_becomes_the_mvtec_layout_with_the_fixed_split() {
         .arg(archives.join(TOP))
         .arg(dir.join("src"))
         .arg(TOP)
-        .output()
+        .output_within()
         .expect("python3");
     assert!(zip.status.success(), "{}", text(&zip.stderr));
 
@@ -86,7 +86,7 @@ fn mtd_archive_becomes_the_mvtec_layout_with_the_fixed_split() {
         .arg(&archives)
         .arg("--manifest")
         .arg(&empty)
-        .output()
+        .output_within()
         .expect("python3 with pillow and numpy (see .ci/run)");
     assert!(run.status.success(), "{}", text(&run.stderr));
 

@@ -52,7 +52,7 @@ fn every_trigger_gets_one_answer_in_order_even_malformed_ones() {
     let answers: Vec<Value> = (0..expect.len())
         .map(|_| read_answer(&mut stdout))
         .collect();
-    let status = child.wait().expect("wait");
+    let status = process::wait(&mut child, "efficientad");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read rest");
     assert!(rest.is_empty(), "extra output: {rest}");
@@ -146,7 +146,7 @@ fn a_lost_source_gives_errors_then_reconnects_and_recovers() {
     assert_eq!(answer["id"], "c1");
     assert_ne!(answer["verdict"], "ERROR", "no recovery: {answer}");
     drop(stdin);
-    let output = child.wait_with_output().expect("wait");
+    let output = process::finish(child, "efficientad");
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -181,7 +181,7 @@ fn sigint_answers_pending_triggers_and_exits_zero() {
         ids.push(v["id"].clone());
         line.clear();
     }
-    let output = child.wait_with_output().expect("wait");
+    let output = process::finish(child, "efficientad");
     assert!(
         output.status.success(),
         "SIGINT must end with exit 0: {}",
@@ -303,7 +303,7 @@ fn sigterm_while_the_model_loads_still_answers_and_exits_zero() {
         line.clear();
     }
     std::io::Read::read_to_string(&mut stderr, &mut log).expect("stderr");
-    let status = child.wait().expect("wait");
+    let status = process::wait(&mut child, "efficientad");
     assert_eq!(
         status.code(),
         Some(0),
@@ -331,7 +331,7 @@ fn numeric_ids_come_back_exactly_as_sent() {
         )
         .expect("write");
     drop(stdin);
-    let output = child.wait_with_output().expect("wait");
+    let output = process::finish(child, "efficientad");
     let mut raw = String::new();
     let mut stdout = stdout;
     std::io::Read::read_to_string(&mut stdout, &mut raw).expect("read");
@@ -385,7 +385,7 @@ fn a_burst_is_stamped_on_arrival_and_stale_triggers_are_overloaded() {
     stdin.write_all(burst.as_bytes()).expect("write burst");
     drop(stdin);
     let answers: Vec<Value> = (0..n).map(|_| read_answer(&mut stdout)).collect();
-    let output = child.wait_with_output().expect("wait");
+    let output = process::finish(child, "efficientad");
     assert!(output.status.success(), "{}", text(&output.stderr));
     let arrivals: Vec<i64> = answers
         .iter()
@@ -482,7 +482,7 @@ fn a_failing_stderr_never_stops_run_or_infer() {
     let mut stdin = child.stdin.take().expect("stdin");
     stdin.write_all(b"1\n2\n3\n4\n5\n").expect("triggers");
     drop(stdin);
-    let output = child.wait_with_output().expect("wait");
+    let output = process::finish(child, "efficientad");
     let answers = json_lines(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{answers:?}");
     let ids: Vec<&str> = answers
@@ -498,9 +498,12 @@ fn a_failing_stderr_never_stops_run_or_infer() {
         .arg("--calibration")
         .arg(small_calibration())
         .arg(&images)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(full())
-        .output()
+        .spawn()
         .expect("infer");
+    let output = process::finish(output, "efficientad infer");
     assert_eq!(output.status.code(), Some(0));
     assert_eq!(json_lines(&output.stdout).len(), 2);
 }
@@ -529,7 +532,7 @@ fn a_run_that_cannot_start_answers_every_trigger_already_sent() {
         let mut stdin = child.stdin.take().expect("stdin");
         let _ = stdin.write_all(b"1\n2\n3\n4\n5\n");
         drop(stdin);
-        let output = child.wait_with_output().expect("wait");
+        let output = process::finish(child, "efficientad");
         let answers = json_lines(&output.stdout);
         assert_eq!(output.status.code(), Some(2));
         assert_eq!(answers.len(), 5, "round {round}: {answers:?}");
@@ -553,7 +556,7 @@ fn a_run_that_cannot_start_answers_every_trigger_already_sent() {
     let mut stdin = child.stdin.take().expect("stdin");
     let _ = stdin.write_all(b"a\nb\n");
     drop(stdin);
-    let output = child.wait_with_output().expect("wait");
+    let output = process::finish(child, "efficientad");
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(

@@ -220,7 +220,7 @@ fn http_metrics_health_and_ng_overlays_follow_the_answers() {
         1.0
     );
     drop(stdin);
-    let status = child.wait().expect("wait");
+    let status = process::wait(&mut child, "efficientad");
     assert!(status.success());
 }
 
@@ -272,7 +272,7 @@ fn status_page_shows_counts_and_ng_overlays_in_a_browser() {
         "the live frame is not shown: {dom}"
     );
     drop(stdin);
-    assert!(child.wait().expect("wait").success());
+    assert!(process::wait(&mut child, "efficientad").success());
 }
 
 /// One slow client (a byte every 300 ms) and 300 idle connections: `/healthz` still answers
@@ -383,7 +383,7 @@ fn http_serves_health_beside_slow_and_idle_clients_and_keeps_ids_exact() {
         assert_eq!(listed, is_ng(answer), "id {id}: {body}");
     }
     drop(stdin);
-    assert!(child.wait().expect("wait").success());
+    assert!(process::wait(&mut child, "efficientad").success());
 }
 
 /// `/frame.png`: nothing is copied until someone asks; then the latest judged frame,
@@ -439,5 +439,5 @@ fn live_frame_is_kept_only_while_someone_looks_and_shows_the_region() {
     assert_eq!(still.get_pixel(0, 0).0, corner);
     assert_eq!(still.get_pixel(sw / 2, sh / 2).0, shown(sw / 2, sh / 2).0);
     drop(stdin);
-    assert!(child.wait().expect("wait").success());
+    assert!(process::wait(&mut child, "efficientad").success());
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub use test_support::process::OutputWithin;
 pub use test_support::*;
 
 use std::io::{BufRead, BufReader, Write};
@@ -64,9 +65,10 @@ pub fn efficientad_train() -> Command {
 }
 
 /// Runs a command, returning its output; panics only if it cannot start.
+/// Runs a command to its end, within the suite's per-program time limit
+/// ([`process::process_limit`]): a program that hangs fails the test that started it.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    process::output(cmd)
 }
 
 pub fn text(bytes: &[u8]) -> String {

@@ -1,7 +1,10 @@
 //! Helpers shared by the integration tests of both crates: the workspace's paths, the
-//! datasets, temporary folders and file lists. Test code only (a dev-dependency).
+//! datasets, temporary folders, file lists, and waiting for child programs with a time limit
+//! ([`process`]). Test code only (a dev-dependency).
 
 use std::path::{Path, PathBuf};
+
+pub mod process;
 
 /// The workspace root.
 pub fn root() -> PathBuf {

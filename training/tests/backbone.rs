@@ -21,7 +21,7 @@ fn converted_lite0_matches_the_development_backbone() {
         .arg(&out)
         .arg("--check-images")
         .arg(shared_data().join("imagenet-sample"))
-        .output()
+        .output_within()
         .expect("python3 with numpy, onnx, onnxruntime and pillow (see .ci/run)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -61,7 +61,7 @@ print(worst)
         .arg(lite0_backbone())
         .arg(shared_data().join("mtd/test/crack"))
         .arg(shared_data().join("imagenet-sample"))
-        .output()
+        .output_within()
         .expect("python3");
     let text = String::from_utf8_lossy(&output.stdout);
     let worst: f64 = text.trim().parse().unwrap_or_else(|_| {

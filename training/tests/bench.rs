@@ -19,7 +19,7 @@ fn bench_prints_one_json_line_with_burn_timings() {
             .arg(penalty_images())
             .arg("--backbone")
             .arg(backbone)
-            .output()
+            .output_within()
             .expect("run efficientad-train bench")
     };
     let output = bench(&["--distill-batch", "1"], &tiny_backbone());

@@ -41,7 +41,7 @@ fn command(images: &Path, dir: &Path, steps: &str, extra: &[&str]) -> std::proce
         ])
         .args(["--width-divisor", "16"])
         .args(extra)
-        .output()
+        .output_within()
         .expect("run distill-teacher")
 }
 
@@ -200,7 +200,7 @@ fn distillation_extended_with_resume_equals_an_uninterrupted_run() {
             "b.onnx",
         ])
         .args(["--images", "i", "--out", "t.bpk"])
-        .output()
+        .output_within()
         .expect("run distill-teacher");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -346,7 +346,7 @@ fn fit_with_a_target_teacher_trains_exports_and_resumes() {
             .arg(dir.join("run"))
             .arg("--skip-calibration")
             .args(extra)
-            .output()
+            .output_within()
             .expect("run fit")
     };
     let teacher = format!("target:{}", backbone().display());
@@ -402,7 +402,7 @@ fn distill_snapshots_record_what_the_teacher_saw() {
     let output = distill_command(&images, &out)
         .args(["--steps", "2", "--batch", "1", "--save-every", "1"])
         .args(["--stats-images", "2", "--seed", "5"])
-        .output()
+        .output_within()
         .expect("run distill-teacher");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");

@@ -157,7 +157,7 @@ print("ok")
     let output = Command::new("python3")
         .args(["-c", script])
         .arg(dir.join("model.onnx"))
-        .output()
+        .output_within()
         .expect("python3 with onnx and onnxruntime is needed (see .ci/run)");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -68,7 +68,7 @@ fn short_fit_writes_a_bundle_and_calibration_the_runtime_loads() {
     )
     .arg("--calibration-out")
     .arg(base.join("calibration/tiny.json"))
-    .output()
+    .output_within()
     .expect("run fit");
     assert!(
         output.status.success(),
@@ -112,7 +112,7 @@ fn fit_skip_calibration_exports_without_onnx_runtime() {
     .current_dir(&base)
     .env("ORT_DYLIB_PATH", base.join("no-such-libonnxruntime.so"))
     .env("EFFICIENTAD_NO_ORT_INSTALL", "1")
-    .output()
+    .output_within()
     .expect("run fit");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
@@ -140,7 +140,7 @@ fn fit_skip_calibration_exports_without_onnx_runtime() {
         &base,
         "nocal2",
     )
-    .output()
+    .output_within()
     .expect("run fit");
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot be used with"));
@@ -153,7 +153,7 @@ fn fit_errors_are_clear() {
     let fit = |args: &[&str], dataset: &std::path::Path| {
         let output = fit_command(&["--steps", "1"], (&teacher, dataset, &penalty), &base, "x")
             .args(args)
-            .output()
+            .output_within()
             .expect("run fit");
         assert!(!output.status.success());
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -186,7 +186,7 @@ fn fit_errors_are_clear() {
         &base,
         "zero",
     )
-    .output()
+    .output_within()
     .expect("run fit");
     let e = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && e.contains("--steps 0"), "{e}");
@@ -302,7 +302,7 @@ fn fit_eval_every_logs_test_quality_of_the_checked_model() {
         .arg(&work)
         .arg("--calibration-out")
         .arg(base.join("calibration/tiny.json"))
-        .output()
+        .output_within()
         .expect("run fit");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");

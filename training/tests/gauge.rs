@@ -77,7 +77,7 @@ fn gauge_of_a_target_agrees_with_numpy_and_scikit_learn() {
         if normalize {
             command.arg("--normalize-exposure");
         }
-        let output = command.output().expect("run gauge");
+        let output = command.output_within().expect("run gauge");
         assert!(
             output.status.success(),
             "{}",
@@ -95,7 +95,7 @@ fn gauge_of_a_target_agrees_with_numpy_and_scikit_learn() {
             .arg(&backbone)
             .arg(&dataset)
             .args(["128", "2", if normalize { "1" } else { "0" }])
-            .output()
+            .output_within()
             .expect("python3 with numpy, onnxruntime, pillow and scikit-learn (see .ci/run)");
         assert!(
             reference.status.success(),
@@ -149,7 +149,7 @@ fn backbone_outputs_script_rewires_the_feature_outputs() {
             .arg(&backbone)
             .args([fine, coarse])
             .arg(out)
-            .output()
+            .output_within()
             .expect("python3 with onnx (see .ci/run)");
         assert!(
             output.status.success(),
@@ -181,7 +181,7 @@ fn backbone_outputs_script_rewires_the_feature_outputs() {
         .arg(&backbone)
         .args(["no.such.tensor", "feat_s16"])
         .arg(dir.join("bad.onnx"))
-        .output()
+        .output_within()
         .expect("python3");
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no.such.tensor"));

@@ -87,7 +87,7 @@ fn cli_import_teacher_reports_full_size_shape_mismatch() {
         .arg(fixture("pdn_s_named.pth"))
         .arg("--out")
         .arg(out_dir.join("teacher.bpk"))
-        .output()
+        .output_within()
         .expect("run efficientad-train");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);

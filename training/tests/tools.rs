@@ -24,7 +24,7 @@ fn demo_samples_are_a_seeded_random_draw_from_the_test_split() {
             .arg(mtd())
             .arg("--out")
             .arg(dir.join(out))
-            .output()
+            .output_within()
             .expect("run demo-samples");
         assert!(
             output.status.success(),
@@ -87,7 +87,7 @@ fn plot_draws_the_quality_curves_of_runs() {
         .arg(format!("{}=second run", dir.join("b").display()))
         .arg("--out")
         .arg(&png)
-        .output()
+        .output_within()
         .expect("run plot");
     assert!(
         output.status.success(),
@@ -118,7 +118,7 @@ fn plot_draws_the_quality_curves_of_runs() {
         .arg(dir.join("empty"))
         .arg("--out")
         .arg(&png)
-        .output()
+        .output_within()
         .expect("run plot");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--eval-every"));

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub use test_support::process::OutputWithin;
 pub use test_support::*;
 
 use std::path::{Path, PathBuf};

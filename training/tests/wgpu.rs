@@ -28,7 +28,7 @@ fn wgpu_step_gradients_equal_pytorch_autograd() {
 fn wgpu_doctor_names_the_adapter_and_a_software_one_needs_consent() {
     let doctor = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
         .arg("doctor")
-        .output()
+        .output_within()
         .expect("doctor");
     let out = String::from_utf8_lossy(&doctor.stdout);
     assert!(doctor.status.success(), "{out}");
@@ -45,7 +45,7 @@ fn wgpu_doctor_names_the_adapter_and_a_software_one_needs_consent() {
         &base,
         "w",
     )
-    .output()
+    .output_within()
     .expect("fit");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{stderr}");
@@ -65,7 +65,7 @@ fn wgpu_build_resumes_a_cpu_run_without_opening_vulkan() {
     let doctor = Command::new(env!("CARGO_BIN_EXE_efficientad-train"))
         .arg("doctor")
         .env("VK_LOADER_DEBUG", "info")
-        .output()
+        .output_within()
         .expect("doctor");
     let log = String::from_utf8_lossy(&doctor.stderr);
     assert!(
@@ -84,7 +84,7 @@ fn wgpu_build_resumes_a_cpu_run_without_opening_vulkan() {
         )
         .env("VK_LOADER_DEBUG", "info")
         .env_remove("BURN_DEVICE")
-        .output()
+        .output_within()
         .expect("fit");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{steps:?}: {stderr}");
@@ -172,7 +172,7 @@ fn wgpu_distillation_step_equals_the_cpu_backend() {
             .args(["--allow-cpu-adapter", "--device", device])
             // A narrowed teacher: the full PDN-S takes many minutes per step on lavapipe.
             .args(["--width-divisor", "16"])
-            .output()
+            .output_within()
             .expect("distill-teacher");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{device}: {stderr}");
