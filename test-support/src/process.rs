@@ -149,10 +149,10 @@ impl Collector {
     }
 
     fn finish(self) -> Vec<u8> {
-        let _ = self.thread.join();
-        Arc::try_unwrap(self.bytes)
-            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-            .unwrap_or_else(|shared| shared.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        let Self { bytes, thread } = self;
+        let _ = thread.join();
+        let all = bytes.lock().unwrap_or_else(|e| e.into_inner());
+        all.clone()
     }
 }
 
