@@ -17,6 +17,8 @@ import onnxruntime as ort
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from target_math import adaptive_pool, resize_weights, unfold3
+
 backbone, dataset, size, ring, normalize = sys.argv[1:6]
 size, ring, normalize = int(size), int(ring), normalize == "1"
 session = ort.InferenceSession(backbone, providers=["CPUExecutionProvider"])
@@ -29,40 +31,6 @@ def image(path):
         # One gain and offset per image: mean 0.45, std 0.225 (flat images: std floor 0.01).
         x = (x - x.mean()) / max(x.std(), 0.01) * 0.225 + 0.45
     return x.transpose(2, 0, 1).astype(np.float32)
-
-
-def adaptive_pool(v, out):
-    """PyTorch's adaptive_avg_pool1d over the last axis."""
-    n = v.shape[-1]
-    cols = []
-    for i in range(out):
-        start, end = (i * n) // out, -((-(i + 1) * n) // out)
-        cols.append(v[..., start:end].mean(-1))
-    return np.stack(cols, -1)
-
-
-def unfold3(f):
-    """[C,H,W] -> [H,W,C*9], index c*9 + ky*3 + kx, zero padding 1 (F.unfold)."""
-    c, h, w = f.shape
-    p = np.pad(f, ((0, 0), (1, 1), (1, 1)))
-    out = np.zeros((h, w, c, 9))
-    for ky in range(3):
-        for kx in range(3):
-            out[:, :, :, ky * 3 + kx] = p[:, ky:ky + h, kx:kx + w].transpose(1, 2, 0)
-    return out.reshape(h, w, c * 9)
-
-
-def resize_weights(src, dst):
-    """Half-pixel bilinear weights [dst, src], edges clamped (align_corners=False)."""
-    m = np.zeros((dst, src))
-    for i in range(dst):
-        x = max((i + 0.5) * src / dst - 0.5, 0.0)
-        lo = min(int(np.floor(x)), src - 1)
-        hi = min(lo + 1, src - 1)
-        t = x - lo
-        m[i, lo] += 1 - t
-        m[i, hi] += t
-    return m
 
 
 def target(path):
